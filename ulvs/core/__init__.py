@@ -1,0 +1,21 @@
+"""L1 forwarding core (sans-I/O): model, connection table, TCP/UDP tracking, rewrite, verdicts."""
+
+from ulvs.core.engine import ConnInfo, Core, CoreError
+from ulvs.core.model import Dest, DestConfig, FwdMethod, Proto, Service, ServiceConfig
+from ulvs.core.proto_tcp import TcpState
+from ulvs.core.verdict import DropReason, Verdict
+
+__all__ = [
+    "ConnInfo",
+    "Core",
+    "CoreError",
+    "Dest",
+    "DestConfig",
+    "DropReason",
+    "FwdMethod",
+    "Proto",
+    "Service",
+    "ServiceConfig",
+    "TcpState",
+    "Verdict",
+]

@@ -1,0 +1,176 @@
+"""The connection table: storage, lookup keys, lazy expiry and eviction.
+
+Layout (chosen for speed and memory, see docs/ARCHITECTURE.md): a connection is a *slot*, an int
+index into parallel arrays (state, last-seen time, plans, dest, key).  Lookup dicts map the
+packet's own 12 contiguous header bytes ``saddr|daddr|sport|dport`` to the slot, so the fast path
+builds no key: it slices one ``12s`` field out of its single ``struct.unpack_from``.  There is one
+dict per protocol and direction:
+
+* ``in``  key = caddr|vaddr|cport|vport   (client -> director)
+* ``out`` key = daddr|caddr|dport|cport   (real server -> client, NAT only)
+
+Expiry is lazy (like a timer wheel with re-check): packets only stamp ``last``; each slot sits in
+one bucket of a coarse wheel at its last computed deadline; when the bucket is due the deadline is
+recomputed from ``last`` and the state's timeout, and the slot either moves to a later bucket or
+expires.  The table never reads a clock: ``now`` is always passed in.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from ulvs.core.proto_tcp import TcpState
+
+TCP, UDP = 6, 17
+
+# Slot flags
+F_NAT = 0x01        # has an out key (masq)
+F_TEMPLATE = 0x02   # persistence template, not a real connection
+F_INACTIVE = 0x04   # counted in the dest's inactconns (else activeconns)
+F_SYNC = 0x08       # created from a sync message
+
+# States whose connections may be evicted when the table is full: embryonic or already closed,
+# never established.
+EVICTABLE = frozenset({TcpState.SYN_RECV, TcpState.SYNACK, TcpState.CLOSE, TcpState.TIME_WAIT})
+
+
+class ConnTable:
+    """Slot storage and lookup for up to ``limit`` connections."""
+
+    def __init__(self, limit: int = 1_000_000, tick: float = 1.0) -> None:
+        if limit < 1:
+            raise ValueError("connection limit must be at least 1")
+        if tick <= 0:
+            raise ValueError("timer tick must be positive")
+        self.limit = limit
+        self.tick = tick
+        self.tabs: dict[tuple[int, int], dict[bytes, int]] = {
+            (TCP, 0): {}, (TCP, 1): {}, (UDP, 0): {}, (UDP, 1): {},
+        }
+        self.tcp_in = self.tabs[(TCP, 0)]
+        self.tcp_out = self.tabs[(TCP, 1)]
+        self.udp_in = self.tabs[(UDP, 0)]
+        self.udp_out = self.tabs[(UDP, 1)]
+        self.templates: dict[Any, int] = {}   # persistence templates by (service key, masked caddr)
+        # per-slot arrays
+        self.state = bytearray()
+        self.flags = bytearray()
+        self.proto = bytearray()
+        self.last = array("d")
+        self.created = array("d")
+        self.due = array("l")                  # wheel bucket the slot is filed under, -1 = none
+        self.key: list[Any] = []               # in key (bytes) or template key; None when free
+        self.iplan: list[Any] = []             # in-direction rewrite plan
+        self.oplan: list[Any] = []             # out-direction plan (NAT) or None
+        self.dest: list[Any] = []              # ulvs.core.model.Dest
+        self.control: list[int] = []           # slot of the controlling template, -1 = none
+        self.inpkts = array("L")
+        self._free: list[int] = []
+        self.count = 0
+        # wheel
+        self._buckets: dict[int, list[int]] = {}
+        self._heap: list[int] = []
+        self._evictable: deque[int] = deque()
+
+    # -- storage ----------------------------------------------------------------------------
+    def _grow(self) -> None:
+        old = len(self.state)
+        new = min(self.limit, max(64, old * 2))
+        add = new - old
+        self.state.extend(bytes(add))
+        self.flags.extend(bytes(add))
+        self.proto.extend(bytes(add))
+        self.last.extend(array("d", bytes(8 * add)))
+        self.created.extend(array("d", bytes(8 * add)))
+        self.due.extend(array("l", [-1]) * add)
+        self.key.extend([None] * add)
+        self.iplan.extend([None] * add)
+        self.oplan.extend([None] * add)
+        self.dest.extend([None] * add)
+        self.control.extend([-1] * add)
+        self.inpkts.extend(array("L", bytes(self.inpkts.itemsize * add)))
+        self._free.extend(range(new - 1, old - 1, -1))
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.limit
+
+    def alloc(self, proto: int, state: int, flags: int, now: float) -> int:
+        """Take a free slot (the caller checked ``full``) and initialise its scalar fields."""
+        if not self._free:
+            self._grow()
+        slot = self._free.pop()
+        self.count += 1
+        self.state[slot] = state
+        self.flags[slot] = flags
+        self.proto[slot] = proto
+        self.last[slot] = now
+        self.created[slot] = now
+        self.inpkts[slot] = 0
+        self.control[slot] = -1
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Forget a slot whose keys were already unlinked."""
+        self.key[slot] = None
+        self.iplan[slot] = None
+        self.oplan[slot] = None
+        self.dest[slot] = None
+        self.control[slot] = -1
+        self.due[slot] = -1
+        self.flags[slot] = 0
+        self.count -= 1
+        self._free.append(slot)
+
+    def live(self, slot: int) -> bool:
+        return self.key[slot] is not None
+
+    def slots(self) -> Iterator[int]:
+        """Every live slot (for listings and bulk operations; not for the packet path)."""
+        key = self.key
+        return (i for i in range(len(key)) if key[i] is not None)
+
+    # -- wheel ------------------------------------------------------------------------------
+    def schedule(self, slot: int, deadline: float) -> None:
+        """File ``slot`` under the bucket that covers ``deadline`` (at or after it)."""
+        b = -int(-deadline // self.tick)  # ceil
+        if self.due[slot] == b:
+            return
+        self.due[slot] = b
+        lst = self._buckets.get(b)
+        if lst is None:
+            self._buckets[b] = [slot]
+            heapq.heappush(self._heap, b)
+        else:
+            lst.append(slot)
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0] * self.tick if self._heap else None
+
+    def due_slots(self, now: float) -> Iterator[int]:
+        """Pop every bucket due at ``now`` and yield the slots still filed under it."""
+        heap, buckets, due, tick = self._heap, self._buckets, self.due, self.tick
+        while heap and heap[0] * tick <= now:
+            b = heapq.heappop(heap)
+            for slot in buckets.pop(b, ()):
+                if due[slot] == b:
+                    due[slot] = -1
+                    yield slot
+
+    # -- eviction ---------------------------------------------------------------------------
+    def mark_evictable(self, slot: int) -> None:
+        self._evictable.append(slot)
+
+    def pop_evictable(self) -> int:
+        """A live, non-template slot in an evictable state, or -1."""
+        q, state, key, flags = self._evictable, self.state, self.key, self.flags
+        while q:
+            slot = q.popleft()
+            if key[slot] is not None and not flags[slot] & F_TEMPLATE and state[slot] in EVICTABLE \
+                    and self.proto[slot] == TCP:
+                return slot
+        return -1

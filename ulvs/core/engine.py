@@ -1,0 +1,716 @@
+"""The forwarding core: services, dests, connections, and the packet path (sans-I/O).
+
+``Core`` is driven by its caller: the control plane calls the service/dest methods *between*
+batches, the I/O layer hands it batches of frames with ``process_batch(..., now)`` and sends what
+the verdicts say, and the shell arms one timer from ``next_deadline()`` and calls
+``handle_timer(now)``.  The core never reads a clock, opens a socket or logs per packet.
+
+The per-packet work is split in two (STYLE "Two speeds"): ``ulvs.core.fastpath`` handles
+conn-table hits of plain IPv4 TCP/UDP that do not change state; everything else comes here, to
+``_slow``, which is ordinary readable code: parsing with bounds checks, new connections and
+scheduling, TCP state changes, ICMP errors, TTL expiry.  Both share the same plans
+(``ulvs.core.xmit``) and counters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ulvs.core import xmit
+from ulvs.core.conntab import F_INACTIVE, F_NAT, F_TEMPLATE, ConnTable
+from ulvs.core.fastpath import FastPath
+from ulvs.core.model import Dest, DestConfig, FwdMethod, Proto, Service, ServiceConfig
+from ulvs.core.proto_tcp import (
+    DEFAULT_TIMEOUTS,
+    NUM_STATES,
+    STATE_NAMES,
+    UDP_STATE,
+    Direction,
+    TcpState,
+    is_pure_syn,
+    next_state,
+)
+from ulvs.core.stats import Counters, StatsTable
+from ulvs.core.verdict import DropReason, Verdict
+from ulvs.packet import builder
+from ulvs.packet.checksum import checksum, verify
+from ulvs.packet.layouts import (
+    ETH_P_IP,
+    ICMP_TIME_EXCEEDED,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
+from ulvs.packet.parse import Frame, Malformed, parse_frame
+from ulvs.sched import create as create_scheduler
+
+_PORTS = struct.Struct("!HH")
+_U16 = struct.Struct("!H")
+_DROP, _FORWARD, _PASS = int(Verdict.DROP), int(Verdict.FORWARD), int(Verdict.PASS)
+_REASON_BY_LABEL = {r.label: r for r in DropReason}
+_EVICT_ON_ENTRY = (TcpState.SYN_RECV, TcpState.CLOSE, TcpState.TIME_WAIT)
+_REUSABLE = (TcpState.TIME_WAIT, TcpState.CLOSE)   # conn_reuse_mode: a new SYN may reschedule
+
+
+class CoreError(ValueError):
+    """A control-plane request that cannot be applied (unknown service, duplicate dest...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnInfo:
+    """One connection as listed by ``ulvsadm -L -c``."""
+
+    proto: Proto
+    caddr: ipaddress.IPv4Address
+    cport: int
+    vaddr: ipaddress.IPv4Address
+    vport: int
+    daddr: ipaddress.IPv4Address
+    dport: int
+    state: str
+    expires: float          # seconds from ``now`` until expiry
+    method: FwdMethod
+    inpkts: int
+
+
+ServiceKey = tuple[Proto, ipaddress.IPv4Address, int]
+
+
+def _svc_lookup_key(proto: int, vaddr: bytes, vport: int) -> tuple[int, bytes]:
+    return (proto, vaddr + _U16.pack(vport))
+
+
+class Core(FastPath):
+    """An IPVS-like director core.  Not thread-safe: one per dataplane worker."""
+
+    def __init__(self, *, conn_limit: int = 1_000_000, tick: float = 1.0, batch_max: int = 1024,
+                 expire_nodest_conn: bool = False, icmp_rate: float = 100.0) -> None:
+        self.table = ConnTable(conn_limit, tick)
+        self.stats = StatsTable()
+        self.timeouts = array("d", DEFAULT_TIMEOUTS)
+        self.expire_nodest_conn = expire_nodest_conn
+        self.services: dict[ServiceKey, Service] = {}
+        self._svc_lookup: dict[tuple[int, bytes], Service] = {}
+        self.vips: set[bytes] = set()
+        self.masq_addrs: set[bytes] = set()       # addresses of masq dests (NAT replies come from)
+        self._masq_ports: set[bytes] = set()      # their daddr|dport endpoints
+        self._trash: dict[tuple[ServiceKey, ipaddress.IPv4Address, int], Dest] = {}
+        self._in_plans: dict[tuple[int, bytes, int], list[Any]] = {}
+        self._out_plans: dict[tuple[int, bytes, int, int, bytes], list[Any]] = {}
+        self._plans_by_daddr: dict[bytes, list[list[Any]]] = {}
+        self.neighbors: dict[bytes, tuple[int, bytes, bytes]] = {}
+        self.interfaces: dict[int, tuple[bytes, bytes | None]] = {}
+        self.unresolved: set[bytes] = set()
+        # Batch outputs, preallocated: verdict, egress and drop reason per frame.
+        self.batch_max = batch_max
+        self.verdicts = bytearray(batch_max)
+        self.egress = array("l", [0]) * batch_max
+        self.reasons = bytearray(batch_max)
+        self.emitted: list[tuple[bytes, int]] = []
+        # ICMP error rate limit (token bucket), like the kernel's icmp_ratelimit.
+        self._icmp_rate = icmp_rate
+        self._icmp_tokens = icmp_rate
+        self._icmp_stamp = 0.0
+        self._ifin = 0
+        self._init_fastpath()
+
+    # ======================================================================================
+    # Control plane (call between batches)
+    # ======================================================================================
+    def add_service(self, cfg: ServiceConfig) -> Service:
+        if cfg.key in self.services:
+            raise CoreError(f"service {_svc_name(cfg)} already exists")
+        svc = Service(cfg, create_scheduler(cfg.sched, cfg.flags))
+        self.services[cfg.key] = svc
+        self._svc_lookup[_svc_lookup_key(cfg.proto, cfg.vaddr.packed, cfg.vport)] = svc
+        self.vips.add(cfg.vaddr.packed)
+        return svc
+
+    def edit_service(self, cfg: ServiceConfig) -> Service:
+        svc = self.get_service(cfg.key)
+        if cfg.sched != svc.config.sched or cfg.flags != svc.config.flags:
+            svc.scheduler = create_scheduler(cfg.sched, cfg.flags)
+            svc.scheduler.rebuild(svc.dests)
+        svc.config = cfg
+        return svc
+
+    def del_service(self, key: ServiceKey) -> None:
+        svc = self.get_service(key)
+        for d in list(svc.dests):
+            self.del_dest(key, d.config.daddr, d.config.dport)
+        del self.services[key]
+        del self._svc_lookup[_svc_lookup_key(key[0], key[1].packed, key[2])]
+        if not any(k[1] == key[1] for k in self.services):
+            self.vips.discard(key[1].packed)
+
+    def clear(self) -> None:
+        """ipvsadm -C: delete every service."""
+        for key in list(self.services):
+            self.del_service(key)
+
+    def get_service(self, key: ServiceKey) -> Service:
+        try:
+            return self.services[key]
+        except KeyError:
+            raise CoreError(f"no such service {key[0].name} {key[1]}:{key[2]}") from None
+
+    def add_dest(self, key: ServiceKey, cfg: DestConfig) -> Dest:
+        svc = self.get_service(key)
+        if cfg.method == FwdMethod.TUNNEL:
+            raise CoreError("the tunnel forwarding method is not supported yet; use masq or droute")
+        if svc.find(cfg.daddr, cfg.dport) is not None:
+            raise CoreError(f"dest {cfg.daddr}:{cfg.dport} already exists in {_svc_name(svc.config)}")
+        dest = self._trash.pop((key, cfg.daddr, cfg.dport), None)
+        if dest is None:
+            dest = Dest(cfg, svc, sid=self.stats.alloc())
+        dest.config, dest.removed, dest.overloaded = cfg, False, False
+        dest.weight = cfg.weight
+        if cfg.weight:
+            dest.last_weight = cfg.weight
+        dest.index = len(svc.dests)
+        svc.dests.append(dest)
+        self._refresh_plans(dest)
+        self._refresh_masq()
+        svc.scheduler.add_dest(svc.dests, dest)
+        return dest
+
+    def edit_dest(self, key: ServiceKey, cfg: DestConfig) -> Dest:
+        svc = self.get_service(key)
+        dest = svc.find(cfg.daddr, cfg.dport)
+        if dest is None:
+            raise CoreError(f"no dest {cfg.daddr}:{cfg.dport} in {_svc_name(svc.config)}")
+        if cfg.method == FwdMethod.TUNNEL:
+            raise CoreError("the tunnel forwarding method is not supported yet; use masq or droute")
+        method_changed = cfg.method != dest.config.method
+        dest.config = cfg
+        dest.weight = cfg.weight
+        if cfg.weight:
+            dest.last_weight = cfg.weight
+        self._update_overload(dest)
+        if method_changed:
+            self._refresh_plans(dest)
+            self._refresh_masq()
+        svc.scheduler.upd_dest(svc.dests, dest)
+        return dest
+
+    def del_dest(self, key: ServiceKey, daddr: ipaddress.IPv4Address, dport: int) -> None:
+        svc = self.get_service(key)
+        dest = svc.find(daddr, dport)
+        if dest is None:
+            raise CoreError(f"no dest {daddr}:{dport} in {_svc_name(svc.config)}")
+        svc.dests.remove(dest)
+        for i, d in enumerate(svc.dests):
+            d.index = i
+        dest.removed = True
+        # Existing connections keep pointing at the dest object; their packets now take the
+        # slow path (egress -1) and are dropped or expired (expire_nodest_conn).  If the dest
+        # comes back before they expire it is revived from the trash, as IPVS does.
+        for plan in self._plans_of(dest):
+            plan[xmit.P_EG] = -1
+        if dest.conns:
+            self._trash[(key, daddr, dport)] = dest
+        else:
+            self._forget_dest(dest)
+        self._refresh_masq()
+        svc.scheduler.del_dest(svc.dests, dest)
+
+    def _refresh_masq(self) -> None:
+        dests = [d for s in self.services.values() for d in s.dests] + list(self._trash.values())
+        masq = [d for d in dests if d.config.method == FwdMethod.MASQ]
+        self.masq_addrs = {d.config.daddr.packed for d in masq}
+        self._masq_ports = {d.config.daddr.packed + _U16.pack(d.config.dport) for d in masq}
+
+    def set_timeouts(self, tcp: float = 0, tcpfin: float = 0, udp: float = 0) -> None:
+        """ipvsadm --set tcp tcpfin udp (0 keeps the current value)."""
+        for state, value in ((TcpState.ESTABLISHED, tcp), (TcpState.FIN_WAIT, tcpfin), (UDP_STATE, udp)):
+            if value < 0:
+                raise CoreError("timeouts must not be negative")
+            if value:
+                self.timeouts[state] = value
+
+    def set_neighbor(self, addr: ipaddress.IPv4Address | bytes, egress: int, dst_mac: bytes,
+                     src_mac: bytes) -> None:
+        """Next hop towards a dest address: egress interface, its MAC and the egress MAC."""
+        a = addr if isinstance(addr, bytes) else addr.packed
+        self.neighbors[a] = (egress, dst_mac, src_mac)
+        self.unresolved.discard(a)
+        for plan in self._plans_by_daddr.get(a, ()):
+            if plan[xmit.P_EG] != -2:
+                xmit.set_l2(plan, egress, dst_mac, src_mac)
+
+    def set_interface(self, ifindex: int, mac: bytes, addr: ipaddress.IPv4Address | None) -> None:
+        """An interface of the director, used as the source of ICMP errors it originates."""
+        self.interfaces[ifindex] = (mac, addr.packed if addr else None)
+
+    # -- plans -----------------------------------------------------------------------------
+    def _in_plan(self, dest: Dest, vaddr: bytes, vport: int) -> list[Any]:
+        dport = dest.config.dport or vport
+        pkey = (id(dest), vaddr, vport)
+        plan = self._in_plans.get(pkey)
+        if plan is None:
+            if dest.config.method == FwdMethod.MASQ:
+                plan = xmit.nat_in_plan(vaddr, vport, dest.config.daddr.packed, dport, dest.sid)
+            else:
+                plan = xmit.dr_plan(dest.sid)
+            nb = self.neighbors.get(dest.config.daddr.packed)
+            if nb is not None and not dest.removed:
+                xmit.set_l2(plan, *nb)
+            self._in_plans[pkey] = plan
+            self._plans_by_daddr.setdefault(dest.config.daddr.packed, []).append(plan)
+        return plan
+
+    def _out_plan(self, dest: Dest, vaddr: bytes, vport: int, egress: int, l2: bytes) -> list[Any]:
+        pkey = (id(dest), vaddr, vport, egress, l2)
+        plan = self._out_plans.get(pkey)
+        if plan is None:
+            dport = dest.config.dport or vport
+            plan = xmit.nat_out_plan(vaddr, vport, dest.config.daddr.packed, dport, dest.sid, egress, l2)
+            self._out_plans[pkey] = plan
+        return plan
+
+    def _plans_of(self, dest: Dest) -> Iterator[list[Any]]:
+        did = id(dest)
+        for k, p in self._in_plans.items():
+            if k[0] == did:
+                yield p
+        for k2, p in self._out_plans.items():
+            if k2[0] == did:
+                yield p
+
+    def _refresh_plans(self, dest: Dest) -> None:
+        """Drop cached plans of ``dest`` (method change, revival) and re-arm surviving conns."""
+        did = id(dest)
+        stale = [k for k in self._in_plans if k[0] == did]
+        for k in stale:
+            old = self._in_plans.pop(k)
+            lst = self._plans_by_daddr.get(dest.config.daddr.packed)
+            if lst is not None and old in lst:
+                lst.remove(old)
+        for k2 in [k for k in self._out_plans if k[0] == did]:
+            del self._out_plans[k2]
+        t = self.table
+        for slot in t.slots():
+            if t.dest[slot] is dest:
+                if dest.config.method == FwdMethod.MASQ and t.flags[slot] & F_NAT:
+                    vaddr, vport = t.key[slot][4:8], _U16.unpack_from(t.key[slot], 10)[0]
+                    t.iplan[slot] = self._in_plan(dest, vaddr, vport)
+                    old_out = t.oplan[slot]
+                    t.oplan[slot] = self._out_plan(dest, vaddr, vport, old_out[xmit.P_EG], old_out[xmit.P_L2])
+                elif not t.flags[slot] & F_TEMPLATE:
+                    # The forwarding method changed under a live connection: it cannot continue.
+                    self._unbind(slot)
+
+    def _forget_dest(self, dest: Dest) -> None:
+        did = id(dest)
+        for k in [k for k in self._in_plans if k[0] == did]:
+            plan = self._in_plans.pop(k)
+            lst = self._plans_by_daddr.get(dest.config.daddr.packed)
+            if lst is not None and plan in lst:
+                lst.remove(plan)
+        for k2 in [k for k in self._out_plans if k[0] == did]:
+            del self._out_plans[k2]
+        self.stats.release(dest.sid)
+
+    # ======================================================================================
+    # Connections: bind / unbind (ip_vs_bind_dest / ip_vs_unbind_dest)
+    # ======================================================================================
+    def _bind(self, proto: int, caddr: bytes, cport: int, vaddr: bytes, vport: int, dest: Dest,
+              ifin: int, client_l2: bytes, now: float) -> int:
+        t = self.table
+        nat = dest.config.method == FwdMethod.MASQ
+        state = TcpState.NONE if proto == IPPROTO_TCP else UDP_STATE
+        slot = t.alloc(proto, state, (F_NAT if nat else 0) | F_INACTIVE, now)
+        in_key = caddr + vaddr + _PORTS.pack(cport, vport)
+        t.key[slot] = in_key
+        t.dest[slot] = dest
+        t.iplan[slot] = self._in_plan(dest, vaddr, vport)
+        t.tabs[(proto, 0)][in_key] = slot
+        if nat:
+            dport = dest.config.dport or vport
+            t.oplan[slot] = self._out_plan(dest, vaddr, vport, ifin, client_l2)
+            t.tabs[(proto, 1)][dest.config.daddr.packed + caddr + _PORTS.pack(dport, cport)] = slot
+        dest.inactconns += 1
+        self.stats.conns[dest.sid] += 1
+        if dest.config.u_threshold and dest.conns >= dest.config.u_threshold and not dest.overloaded:
+            dest.overloaded = True
+            dest.service.scheduler.upd_dest(dest.service.dests, dest)
+        dest.service.scheduler.conn_changed(dest)
+        t.schedule(slot, now + self.timeouts[state])
+        return slot
+
+    def _unbind(self, slot: int) -> None:
+        t = self.table
+        dest: Dest = t.dest[slot]
+        proto = t.proto[slot]
+        key = t.key[slot]
+        t.tabs[(proto, 0)].pop(key, None)
+        if t.flags[slot] & F_NAT:
+            dport = dest.config.dport or _U16.unpack_from(key, 10)[0]
+            t.tabs[(proto, 1)].pop(dest.config.daddr.packed + key[0:4] + _PORTS.pack(dport, _U16.unpack_from(key, 8)[0]), None)
+        if t.flags[slot] & F_INACTIVE:
+            dest.inactconns -= 1
+        else:
+            dest.activeconns -= 1
+        t.release(slot)
+        self._update_overload(dest)
+        if dest.removed:
+            if not dest.conns:
+                self._trash.pop((dest.service.config.key, dest.config.daddr, dest.config.dport), None)
+                self._forget_dest(dest)
+        else:
+            dest.service.scheduler.conn_changed(dest)
+
+    def _update_overload(self, dest: Dest) -> None:
+        """IPVS threshold rule: set at bind when conns >= upper; clear on unbind when below the
+        lower threshold, else below 3/4 of the upper, else (no upper) always."""
+        u, lo, total = dest.config.u_threshold, dest.config.l_threshold, dest.conns
+        was = dest.overloaded
+        if u and total >= u:
+            dest.overloaded = True
+        elif was:
+            if lo:
+                dest.overloaded = total >= lo
+            elif u:
+                dest.overloaded = total * 4 >= u * 3
+            else:
+                dest.overloaded = False
+        if was != dest.overloaded and not dest.removed:
+            dest.service.scheduler.upd_dest(dest.service.dests, dest)
+
+    def _set_state(self, slot: int, new: int, now: float) -> None:
+        t = self.table
+        old = t.state[slot]
+        if new == old:
+            return
+        t.state[slot] = new
+        dest: Dest = t.dest[slot]
+        inactive = bool(t.flags[slot] & F_INACTIVE)
+        if inactive and new == TcpState.ESTABLISHED:
+            t.flags[slot] &= ~F_INACTIVE
+            dest.inactconns -= 1
+            dest.activeconns += 1
+            dest.service.scheduler.conn_changed(dest)
+        elif not inactive and new != TcpState.ESTABLISHED:
+            t.flags[slot] |= F_INACTIVE
+            dest.activeconns -= 1
+            dest.inactconns += 1
+            dest.service.scheduler.conn_changed(dest)
+        if new in _EVICT_ON_ENTRY:
+            t.mark_evictable(slot)
+        t.schedule(slot, now + self.timeouts[new])
+
+    # ======================================================================================
+    # Time
+    # ======================================================================================
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` next has work, or None."""
+        return self.table.next_deadline()
+
+    def handle_timer(self, now: float) -> int:
+        """Expire every connection whose timeout has passed; returns how many expired."""
+        t = self.table
+        timeouts, last, state = self.timeouts, t.last, t.state
+        expired = 0
+        for slot in t.due_slots(now):
+            deadline = last[slot] + timeouts[state[slot]]
+            if deadline > now:
+                t.schedule(slot, deadline)
+            else:
+                self._unbind(slot)
+                expired += 1
+        return expired
+
+    # ======================================================================================
+    # Views
+    # ======================================================================================
+    def conns(self, now: float) -> Iterator[ConnInfo]:
+        t = self.table
+        for slot in t.slots():
+            if t.flags[slot] & F_TEMPLATE:
+                continue
+            key: bytes = t.key[slot]
+            dest: Dest = t.dest[slot]
+            cport, vport = _PORTS.unpack_from(key, 8)
+            st = t.state[slot]
+            yield ConnInfo(
+                proto=Proto(t.proto[slot]),
+                caddr=ipaddress.IPv4Address(key[0:4]), cport=cport,
+                vaddr=ipaddress.IPv4Address(key[4:8]), vport=vport,
+                daddr=dest.config.daddr, dport=dest.config.dport or vport,
+                state=STATE_NAMES[st],
+                expires=max(0.0, t.last[slot] + self.timeouts[st] - now),
+                method=dest.config.method, inpkts=t.inpkts[slot],
+            )
+
+    def dest_counters(self, dest: Dest) -> Counters:
+        return self.stats.row(dest.sid)
+
+    def service_counters(self, svc: Service) -> Counters:
+        total = Counters()
+        for d in svc.dests:
+            total = total + self.stats.row(d.sid)
+        return total
+
+    def drop_counts(self) -> dict[str, int]:
+        return self.stats.drop_counts()
+
+    def conn_count(self) -> int:
+        return self.table.count
+
+    def state_counts(self) -> dict[str, int]:
+        counts = [0] * NUM_STATES
+        t = self.table
+        for slot in t.slots():
+            counts[t.state[slot]] += 1
+        return {STATE_NAMES[i]: c for i, c in enumerate(counts) if c}
+
+    # ======================================================================================
+    # Packet path, single frame (tests, tools)
+    # ======================================================================================
+    def process(self, frame: bytearray, ifin: int, now: float) -> tuple[Verdict, int, DropReason | None]:
+        """Run one frame through the batch path; returns (verdict, egress, drop reason)."""
+        self.process_batch([frame], [0], [len(frame)], [ifin], 1, now)
+        v = Verdict(self.verdicts[0])
+        return v, self.egress[0], DropReason(self.reasons[0]) if v == Verdict.DROP else None
+
+    # ======================================================================================
+    # Slow path
+    # ======================================================================================
+    def _drop(self, j: int, reason: DropReason) -> None:
+        self.stats.drops[reason] += 1
+        self.verdicts[j] = _DROP
+        self.reasons[j] = reason
+
+    def _slow(self, j: int, buf: Any, off: int, n: int, ifin: int, now: float) -> None:
+        """Decide one frame the fast path could not; writes verdict j."""
+        self._ifin = ifin
+        try:
+            f = parse_frame(buf, off, n)
+        except Malformed as e:
+            self._drop(j, _REASON_BY_LABEL[e.reason])
+            return
+        if f.ethertype != ETH_P_IP:
+            self.verdicts[j] = _PASS
+            return
+        if f.is_fragment:
+            if f.daddr in self.vips or f.saddr in self.masq_addrs:
+                self._drop(j, DropReason.FRAGMENT)
+            else:
+                self.verdicts[j] = _PASS
+            return
+        if f.proto == IPPROTO_TCP or f.proto == IPPROTO_UDP:
+            self._slow_l4(j, buf, f, ifin, now)
+        elif f.proto == IPPROTO_ICMP:
+            self._slow_icmp(j, buf, f, ifin, now)
+        else:
+            self.verdicts[j] = _PASS
+
+    def _slow_l4(self, j: int, buf: Any, f: Frame, ifin: int, now: float) -> None:
+        t = self.table
+        key = f.saddr + f.daddr + _PORTS.pack(f.sport, f.dport)
+        slot = t.tabs[(f.proto, 0)].get(key)
+        if slot is not None:
+            if f.proto == IPPROTO_TCP and is_pure_syn(f.tcp_flags) and t.state[slot] in _REUSABLE \
+                    and t.control[slot] < 0:
+                # conn_reuse_mode: a new SYN on a closed entry starts a new connection.
+                self._unbind(slot)
+            else:
+                self._forward_in(j, buf, f, slot, now)
+                return
+        else:
+            slot = t.tabs[(f.proto, 1)].get(key)
+            if slot is not None:
+                self._forward_out(j, buf, f, slot, now)
+                return
+        svc = self._svc_lookup.get((f.proto, f.daddr + _U16.pack(f.dport)))
+        if svc is None:
+            if f.saddr + _U16.pack(f.sport) in self._masq_ports:
+                self._drop(j, DropReason.NO_CONN)   # a NAT reply without a connection
+            else:
+                self.verdicts[j] = _PASS
+            return
+        self._new_conn(j, buf, f, svc, ifin, now)
+
+    def _new_conn(self, j: int, buf: Any, f: Frame, svc: Service, ifin: int, now: float) -> None:
+        if f.proto == IPPROTO_TCP and not is_pure_syn(f.tcp_flags):
+            self._drop(j, DropReason.NO_CONN)
+            return
+        dest = svc.scheduler.schedule(int.from_bytes(f.saddr, "big"), f.sport,
+                                      int.from_bytes(f.daddr, "big"), f.dport)
+        if dest is None:
+            self._drop(j, DropReason.NO_DEST)
+            return
+        if dest.config.method == FwdMethod.MASQ and f.ttl <= 1:
+            self._time_exceeded(j, buf, f, ifin, now)
+            return
+        t = self.table
+        if t.full:
+            victim = t.pop_evictable()
+            if victim < 0:
+                self._drop(j, DropReason.CONN_TABLE_FULL)
+                return
+            self._unbind(victim)
+        client_l2 = bytes(buf[f.off + 6:f.off + 12]) + bytes(buf[f.off:f.off + 6])
+        slot = self._bind(f.proto, f.saddr, f.sport, f.daddr, f.dport, dest, ifin, client_l2, now)
+        self._forward_in(j, buf, f, slot, now)
+
+    def _forward_in(self, j: int, buf: Any, f: Frame, slot: int, now: float) -> None:
+        t = self.table
+        dest: Dest = t.dest[slot]
+        if dest.removed:
+            self._nodest(j, slot)
+            return
+        nat = bool(t.flags[slot] & F_NAT)
+        if f.proto == IPPROTO_TCP:
+            direction = Direction.INPUT if nat else Direction.INPUT_ONLY
+            self._set_state(slot, next_state(direction, f.tcp_flags, t.state[slot]), now)
+        self._xmit(j, buf, f, slot, t.iplan[slot], nat, now)
+
+    def _forward_out(self, j: int, buf: Any, f: Frame, slot: int, now: float) -> None:
+        t = self.table
+        if t.dest[slot].removed:
+            self._nodest(j, slot)
+            return
+        if f.proto == IPPROTO_TCP:
+            self._set_state(slot, next_state(Direction.OUTPUT, f.tcp_flags, t.state[slot]), now)
+        self._xmit(j, buf, f, slot, t.oplan[slot], True, now)
+
+    def _xmit(self, j: int, buf: Any, f: Frame, slot: int, plan: list[Any], nat: bool, now: float) -> None:
+        if plan[xmit.P_EG] < 0:
+            self.unresolved.add(self.table.dest[slot].config.daddr.packed)
+            self._drop(j, DropReason.NEIGH_UNRESOLVED)
+            return
+        if nat and f.ttl <= 1:
+            self._time_exceeded(j, buf, f, self._ifin, now)
+            return
+        xmit.rewrite(buf, f.off, f.l3, f.l4, f.proto, plan)
+        t = self.table
+        t.last[slot] = now
+        if not plan[xmit.P_SI] & 1:
+            t.inpkts[slot] += 1
+        si = plan[xmit.P_SI]
+        self.stats.pkts[si] += 1
+        self.stats.bytes[si] += f.tot_len
+        self.verdicts[j] = _FORWARD
+        self.egress[j] = plan[xmit.P_EG]
+
+    def _nodest(self, j: int, slot: int) -> None:
+        """Packet of a connection whose dest was removed (sysctl expire_nodest_conn)."""
+        if self.expire_nodest_conn:
+            self._unbind(slot)
+        self._drop(j, DropReason.DEST_GONE)
+
+    # -- ICMP --------------------------------------------------------------------------------
+    def _slow_icmp(self, j: int, buf: Any, f: Frame, ifin: int, now: float) -> None:
+        """ICMP errors about a connection follow it (ip_vs_in_icmp / ip_vs_out_icmp)."""
+        inner = f.inner
+        if inner is None or inner.proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            self.verdicts[j] = _PASS
+            return
+        if not verify(buf, f.l4, f.l4_end):
+            self._drop(j, DropReason.BAD_ICMP_CHECKSUM)
+            return
+        t = self.table
+        # The quoted packet travelled the other way: reverse it to get the connection's key.
+        key = inner.daddr + inner.saddr + _PORTS.pack(inner.dport, inner.sport)
+        slot = t.tabs[(inner.proto, 0)].get(key)
+        outbound = False
+        if slot is None:
+            slot = t.tabs[(inner.proto, 1)].get(key)
+            outbound = True
+        if slot is None:
+            if f.daddr in self.vips:
+                self._drop(j, DropReason.NO_CONN)
+            else:
+                self.verdicts[j] = _PASS
+            return
+        if t.dest[slot].removed:
+            self._nodest(j, slot)
+            return
+        nat = bool(t.flags[slot] & F_NAT)
+        plan = t.oplan[slot] if outbound else t.iplan[slot]
+        if plan[xmit.P_EG] < 0:
+            self.unresolved.add(t.dest[slot].config.daddr.packed)
+            self._drop(j, DropReason.NEIGH_UNRESOLVED)
+            return
+        if nat:
+            if f.ttl <= 1:
+                self._time_exceeded(j, buf, f, ifin, now)
+                return
+            self._nat_icmp(buf, f, plan, outbound)
+        else:
+            buf[f.off:f.off + 12] = plan[xmit.P_L2]
+        si = plan[xmit.P_SI]
+        self.stats.pkts[si] += 1
+        self.stats.bytes[si] += f.tot_len
+        self.verdicts[j] = _FORWARD
+        self.egress[j] = plan[xmit.P_EG]
+
+    def _nat_icmp(self, buf: Any, f: Frame, plan: list[Any], outbound: bool) -> None:
+        """Rewrite outer and quoted headers of a related ICMP error (ip_vs_nat_icmp)."""
+        inner = f.inner
+        assert inner is not None
+        buf[f.off:f.off + 12] = plan[xmit.P_L2]
+        new_addr = plan[xmit.P_A4]
+        # Outer header: towards the real server the destination becomes daddr; towards the
+        # client the source becomes the VIP (as IPVS does, whoever sent the error).
+        outer_field = f.l3 + (12 if outbound else 16)
+        buf[outer_field:outer_field + 4] = new_addr
+        buf[f.l3 + 8] = f.ttl - 1
+        _U16.pack_into(buf, f.l3 + 10, 0)
+        _U16.pack_into(buf, f.l3 + 10, checksum(buf, f.l3, f.l3 + f.ihl))
+        # Quoted header: it was sent the other way, so the fields to fix are mirrored --
+        # towards the real server the quoted *source* was the VIP, towards the client the
+        # quoted *destination* was daddr.
+        inner_addr = inner.l3 + (16 if outbound else 12)
+        inner_port = inner.l4 + (2 if outbound else 0)
+        buf[inner_addr:inner_addr + 4] = new_addr
+        _U16.pack_into(buf, inner_port, plan[xmit.P_PORT])
+        _U16.pack_into(buf, inner.l3 + 10, 0)
+        _U16.pack_into(buf, inner.l3 + 10, checksum(buf, inner.l3, inner.l3 + inner.ihl))
+        # The quoted transport checksum, when quoted, moves by the same delta as the flow's.
+        coff = inner.l4 + (16 if inner.proto == IPPROTO_TCP else 6)
+        if coff + 2 <= f.l4_end:
+            (c,) = _U16.unpack_from(buf, coff)
+            if c or inner.proto == IPPROTO_TCP:
+                c = xmit.apply_delta(c, plan[xmit.P_DL4])
+                _U16.pack_into(buf, coff, c or (0xFFFF if inner.proto == IPPROTO_UDP else 0))
+        _U16.pack_into(buf, f.l4 + 2, 0)
+        _U16.pack_into(buf, f.l4 + 2, checksum(buf, f.l4, f.l4_end))
+
+    def _time_exceeded(self, j: int, buf: Any, f: Frame, ifin: int, now: float) -> None:
+        """TTL would reach 0: drop, and answer ICMP time exceeded back out of the ingress
+        interface, from that interface's address (else the address the packet was sent to)."""
+        self._drop(j, DropReason.TTL_EXCEEDED)
+        if not self._icmp_allowed(now):
+            return
+        src = self.interfaces.get(ifin, (b"", None))[1] or f.daddr
+        quoted = bytes(buf[f.l3:min(f.l4_end, f.l3 + f.ihl + 8)])
+        frame = builder.icmp_error_frame(
+            smac=bytes(buf[f.off:f.off + 6]), dmac=bytes(buf[f.off + 6:f.off + 12]),
+            src=src, dst=f.saddr, itype=ICMP_TIME_EXCEEDED, code=0, quoted_ip=quoted)
+        self.emitted.append((frame, ifin))
+
+    def _icmp_allowed(self, now: float) -> bool:
+        elapsed = now - self._icmp_stamp
+        self._icmp_stamp = now
+        self._icmp_tokens = min(self._icmp_rate, self._icmp_tokens + elapsed * self._icmp_rate)
+        if self._icmp_tokens >= 1.0:
+            self._icmp_tokens -= 1.0
+            return True
+        return False
+
+
+def _svc_name(cfg: ServiceConfig) -> str:
+    return f"{cfg.proto.name} {cfg.vaddr}:{cfg.vport}"
+
+
+def iter_services(core: Core) -> Iterable[Service]:
+    """Services in ipvsadm's default order: protocol, address, port."""
+    return sorted(core.services.values(), key=lambda s: (s.config.proto, s.config.vaddr, s.config.vport))
+

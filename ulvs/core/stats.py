@@ -1,0 +1,61 @@
+"""Counters: per-dest traffic rows, per-service totals, drops by reason.
+
+The packet path increments preallocated arrays (no objects per packet).  Row ``sid`` of a dest
+holds its in (index sid*2) and out (sid*2+1) packets and bytes plus its connection count.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+
+from ulvs.core.verdict import NUM_DROP_REASONS, DropReason
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+
+    def __add__(self, o: Counters) -> Counters:
+        return Counters(self.conns + o.conns, self.inpkts + o.inpkts, self.outpkts + o.outpkts,
+                        self.inbytes + o.inbytes, self.outbytes + o.outbytes)
+
+
+class StatsTable:
+    """Rows of traffic counters handed out to dests; freed rows are zeroed and reused."""
+
+    def __init__(self) -> None:
+        self.pkts = array("Q")    # [sid*2 + dir]
+        self.bytes = array("Q")   # [sid*2 + dir]
+        self.conns = array("Q")   # [sid]
+        self.drops = array("Q", bytes(8 * NUM_DROP_REASONS))
+        self._free: list[int] = []
+
+    def alloc(self) -> int:
+        if self._free:
+            return self._free.pop()
+        sid = len(self.conns)
+        self.pkts.extend((0, 0))
+        self.bytes.extend((0, 0))
+        self.conns.append(0)
+        return sid
+
+    def release(self, sid: int) -> None:
+        self.zero(sid)
+        self._free.append(sid)
+
+    def zero(self, sid: int) -> None:
+        self.pkts[sid * 2] = self.pkts[sid * 2 + 1] = 0
+        self.bytes[sid * 2] = self.bytes[sid * 2 + 1] = 0
+        self.conns[sid] = 0
+
+    def row(self, sid: int) -> Counters:
+        return Counters(self.conns[sid], self.pkts[sid * 2], self.pkts[sid * 2 + 1],
+                        self.bytes[sid * 2], self.bytes[sid * 2 + 1])
+
+    def drop_counts(self) -> dict[str, int]:
+        return {r.label: self.drops[r] for r in DropReason}

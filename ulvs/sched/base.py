@@ -1,0 +1,88 @@
+"""Scheduler interface and registry (after IPVS ip_vs_sched.c).
+
+A scheduler is created per service.  The core calls the dest hooks whenever the service's dest
+list or a dest's weight changes, ``conn_changed`` whenever a dest's connection counters change,
+and ``schedule`` for every new connection.  Schedulers keep their state in the instance and in
+``Dest.sched_data``; the core never branches on a scheduler's name.
+
+Rules shared by every scheduler (ipvsadm.8): dests are considered in insertion order; a dest
+that is not ``available`` (weight 0 = quiescent, or overloaded) gets no new connections.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from ulvs.core.model import Dest
+
+KNOWN_FLAGS = frozenset({"flag-1", "flag-2", "flag-3", "sh-fallback", "sh-port", "mh-fallback", "mh-port"})
+
+
+class SchedulerError(ValueError):
+    """Bad scheduler name or flags (a configuration error)."""
+
+
+class Scheduler(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, flags: frozenset[str] = frozenset()) -> None:
+        self.flags = flags
+        self.dests: Sequence[Dest] = ()
+
+    # -- dest hooks (ip_vs_scheduler add_dest / del_dest / upd_dest) --------------------------
+    def add_dest(self, dests: Sequence[Dest], dest: Dest) -> None:
+        self.rebuild(dests)
+
+    def del_dest(self, dests: Sequence[Dest], dest: Dest) -> None:
+        self.rebuild(dests)
+
+    def upd_dest(self, dests: Sequence[Dest], dest: Dest) -> None:
+        """Weight or overload state of ``dest`` changed."""
+        self.rebuild(dests)
+
+    def rebuild(self, dests: Sequence[Dest]) -> None:
+        """Recompute all scheduler state from the ordered dest list."""
+        self.dests = dests
+
+    def conn_changed(self, dest: Dest) -> None:
+        """``dest.activeconns`` / ``inactconns`` changed."""
+
+    @abstractmethod
+    def schedule(self, caddr: int, cport: int, vaddr: int, vport: int) -> Dest | None:
+        """Pick a dest for a new connection, or None: "no destination available"."""
+
+
+_REGISTRY: dict[str, Callable[[frozenset[str]], Scheduler]] = {}
+
+
+def register(name: str, factory: Callable[[frozenset[str]], Scheduler]) -> None:
+    if name in _REGISTRY:
+        raise SchedulerError(f"scheduler {name!r} registered twice")
+    _REGISTRY[name] = factory
+
+
+def names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def create(name: str, flags: frozenset[str] = frozenset()) -> Scheduler:
+    """Instantiate a scheduler by name; unknown names and flags are configuration errors."""
+    _load_all()
+    unknown = set(flags) - KNOWN_FLAGS
+    if unknown:
+        raise SchedulerError(f"unknown scheduler flag(s) {', '.join(sorted(unknown))}; "
+                             f"allowed: {', '.join(sorted(KNOWN_FLAGS))}")
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise SchedulerError(f"unknown scheduler {name!r}; available: {', '.join(sorted(_REGISTRY))}") \
+            from None
+    return factory(flags)
+
+
+def _load_all() -> None:
+    # Importing the package imports every scheduler module, each of which registers itself.
+    import ulvs.sched  # noqa: F401
