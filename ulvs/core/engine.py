@@ -50,6 +50,7 @@ from ulvs.packet.parse import Frame, Malformed, parse_frame
 from ulvs.sched import create as create_scheduler
 
 _PORTS = struct.Struct("!HH")
+_KEY = struct.Struct("!IIHH")   # a connection key read as caddr, vaddr, cport, vport
 _U16 = struct.Struct("!H")
 _DROP, _FORWARD, _PASS = int(Verdict.DROP), int(Verdict.FORWARD), int(Verdict.PASS)
 _REASON_BY_LABEL = {r.label: r for r in DropReason}
@@ -75,7 +76,6 @@ class ConnInfo:
     state: str
     expires: float          # seconds from ``now`` until expiry
     method: FwdMethod
-    inpkts: int
 
 
 ServiceKey = tuple[Proto, ipaddress.IPv4Address, int]
@@ -100,8 +100,8 @@ class Core(FastPath):
         self.masq_addrs: set[bytes] = set()       # addresses of masq dests (NAT replies come from)
         self._masq_ports: set[bytes] = set()      # their daddr|dport endpoints
         self._trash: dict[tuple[ServiceKey, ipaddress.IPv4Address, int], Dest] = {}
-        self._in_plans: dict[tuple[int, bytes, int], list[Any]] = {}
-        self._out_plans: dict[tuple[int, bytes, int, int, bytes], list[Any]] = {}
+        self._in_plans: dict[tuple[int, bytes], list[Any]] = {}
+        self._out_plans: dict[tuple[int, bytes, int, bytes], list[Any]] = {}
         self._plans_by_daddr: dict[bytes, list[list[Any]]] = {}
         self.neighbors: dict[bytes, tuple[int, bytes, bytes]] = {}
         self.interfaces: dict[int, tuple[bytes, bytes | None]] = {}
@@ -117,6 +117,8 @@ class Core(FastPath):
         self._icmp_tokens = icmp_rate
         self._icmp_stamp = 0.0
         self._ifin = 0
+        self._len = 0
+        self._tl = 0
         self._init_fastpath()
 
     # ======================================================================================
@@ -248,110 +250,110 @@ class Core(FastPath):
         self.interfaces[ifindex] = (mac, addr.packed if addr else None)
 
     # -- plans -----------------------------------------------------------------------------
-    def _in_plan(self, dest: Dest, vaddr: bytes, vport: int) -> list[Any]:
-        dport = dest.config.dport or vport
-        pkey = (id(dest), vaddr, vport)
-        plan = self._in_plans.get(pkey)
+    def _in_plan(self, dest: Dest, vkey: bytes) -> list[Any]:
+        """The in plan of ``dest`` for packets to vkey = vaddr|vport (6 bytes)."""
+        plan = self._in_plans.get((dest.sid, vkey))
         if plan is None:
+            vaddr, vport = vkey[:4], _U16.unpack_from(vkey, 4)[0]
             if dest.config.method == FwdMethod.MASQ:
-                plan = xmit.nat_in_plan(vaddr, vport, dest.config.daddr.packed, dport, dest.sid)
+                plan = xmit.nat_in_plan(vaddr, vport, dest.config.daddr.packed,
+                                        dest.config.dport or vport, dest.sid, dest)
             else:
-                plan = xmit.dr_plan(dest.sid)
+                plan = xmit.dr_plan(dest.sid, dest)
             nb = self.neighbors.get(dest.config.daddr.packed)
             if nb is not None and not dest.removed:
                 xmit.set_l2(plan, *nb)
-            self._in_plans[pkey] = plan
+            self._in_plans[(dest.sid, vkey)] = plan
             self._plans_by_daddr.setdefault(dest.config.daddr.packed, []).append(plan)
         return plan
 
-    def _out_plan(self, dest: Dest, vaddr: bytes, vport: int, egress: int, l2: bytes) -> list[Any]:
-        pkey = (id(dest), vaddr, vport, egress, l2)
+    def _out_plan(self, dest: Dest, vkey: bytes, ifin: int, macs: bytes) -> list[Any]:
+        """The out plan of ``dest`` for replies to a client whose frames arrived on ``ifin``
+        with ``macs`` = their destination MAC | source MAC: replies go back the same way."""
+        pkey = (dest.sid, vkey, ifin, macs)
         plan = self._out_plans.get(pkey)
         if plan is None:
-            dport = dest.config.dport or vport
-            plan = xmit.nat_out_plan(vaddr, vport, dest.config.daddr.packed, dport, dest.sid, egress, l2)
+            vaddr, vport = vkey[:4], _U16.unpack_from(vkey, 4)[0]
+            plan = xmit.nat_out_plan(vaddr, vport, dest.config.daddr.packed, dest.config.dport or vport,
+                                     dest.sid, dest, ifin, macs[6:12] + macs[0:6])
             self._out_plans[pkey] = plan
         return plan
 
     def _plans_of(self, dest: Dest) -> Iterator[list[Any]]:
-        did = id(dest)
-        for k, p in self._in_plans.items():
-            if k[0] == did:
-                yield p
-        for k2, p in self._out_plans.items():
-            if k2[0] == did:
+        for p in list(self._in_plans.values()) + list(self._out_plans.values()):
+            if p[xmit.P_DEST] is dest:
                 yield p
 
     def _refresh_plans(self, dest: Dest) -> None:
         """Drop cached plans of ``dest`` (method change, revival) and re-arm surviving conns."""
-        did = id(dest)
-        stale = [k for k in self._in_plans if k[0] == did]
-        for k in stale:
-            old = self._in_plans.pop(k)
-            lst = self._plans_by_daddr.get(dest.config.daddr.packed)
-            if lst is not None and old in lst:
-                lst.remove(old)
-        for k2 in [k for k in self._out_plans if k[0] == did]:
-            del self._out_plans[k2]
+        self._discard_plans(dest)
         t = self.table
         for slot in t.slots():
-            if t.dest[slot] is dest:
-                if dest.config.method == FwdMethod.MASQ and t.flags[slot] & F_NAT:
-                    vaddr, vport = t.key[slot][4:8], _U16.unpack_from(t.key[slot], 10)[0]
-                    t.iplan[slot] = self._in_plan(dest, vaddr, vport)
-                    old_out = t.oplan[slot]
-                    t.oplan[slot] = self._out_plan(dest, vaddr, vport, old_out[xmit.P_EG], old_out[xmit.P_L2])
-                elif not t.flags[slot] & F_TEMPLATE:
-                    # The forwarding method changed under a live connection: it cannot continue.
-                    self._unbind(slot)
+            if t.dest(slot) is not dest:
+                continue
+            if dest.config.method == FwdMethod.MASQ and t.flags[slot] & F_NAT:
+                vkey = t.key[slot][4:8] + t.key[slot][10:12]
+                t.iplan[slot] = self._in_plan(dest, vkey)
+                old_out = t.oplan[slot]
+                t.oplan[slot] = self._out_plan(dest, vkey, old_out[xmit.P_EG],
+                                               old_out[xmit.P_L2][6:12] + old_out[xmit.P_L2][0:6])
+            elif not t.flags[slot] & F_TEMPLATE:
+                # The forwarding method changed under a live connection: it cannot continue.
+                self._unbind(slot)
 
-    def _forget_dest(self, dest: Dest) -> None:
-        did = id(dest)
-        for k in [k for k in self._in_plans if k[0] == did]:
+    def _discard_plans(self, dest: Dest) -> None:
+        for k in [k for k, p in self._in_plans.items() if p[xmit.P_DEST] is dest]:
             plan = self._in_plans.pop(k)
             lst = self._plans_by_daddr.get(dest.config.daddr.packed)
             if lst is not None and plan in lst:
                 lst.remove(plan)
-        for k2 in [k for k in self._out_plans if k[0] == did]:
+        for k2 in [k for k, p in self._out_plans.items() if p[xmit.P_DEST] is dest]:
             del self._out_plans[k2]
+
+    def _forget_dest(self, dest: Dest) -> None:
+        self._discard_plans(dest)
         self.stats.release(dest.sid)
 
     # ======================================================================================
     # Connections: bind / unbind (ip_vs_bind_dest / ip_vs_unbind_dest)
     # ======================================================================================
-    def _bind(self, proto: int, caddr: bytes, cport: int, vaddr: bytes, vport: int, dest: Dest,
-              ifin: int, client_l2: bytes, now: float) -> int:
+    def _bind(self, proto: int, key: bytes, vkey: bytes, dest: Dest, ifin: int, macs: bytes,
+              now: float) -> int:
+        """Create the connection with in key ``key`` (caddr|vaddr|cport|vport) to ``dest``, in its
+        first state (a pure SYN has just been seen: SYN_RECV; UDP: its one state)."""
         t = self.table
-        nat = dest.config.method == FwdMethod.MASQ
-        state = TcpState.NONE if proto == IPPROTO_TCP else UDP_STATE
-        slot = t.alloc(proto, state, (F_NAT if nat else 0) | F_INACTIVE, now)
-        in_key = caddr + vaddr + _PORTS.pack(cport, vport)
-        t.key[slot] = in_key
-        t.dest[slot] = dest
-        t.iplan[slot] = self._in_plan(dest, vaddr, vport)
-        t.tabs[(proto, 0)][in_key] = slot
+        state = TcpState.SYN_RECV if proto == IPPROTO_TCP else UDP_STATE
+        iplan = self._in_plan(dest, vkey)
+        nat = iplan[xmit.P_KIND] == xmit.KIND_NAT
+        slot = t.alloc(proto, state, (F_NAT | F_INACTIVE) if nat else F_INACTIVE, now)
+        t.key[slot] = key
+        t.iplan[slot] = iplan
+        t.in_tab[proto][key] = slot
         if nat:
-            dport = dest.config.dport or vport
-            t.oplan[slot] = self._out_plan(dest, vaddr, vport, ifin, client_l2)
-            t.tabs[(proto, 1)][dest.config.daddr.packed + caddr + _PORTS.pack(dport, cport)] = slot
+            t.oplan[slot] = self._out_plan(dest, vkey, ifin, macs)
+            t.out_tab[proto][iplan[xmit.P_OKA] + key[0:4] + iplan[xmit.P_OKP] + key[8:10]] = slot
         dest.inactconns += 1
         self.stats.conns[dest.sid] += 1
-        if dest.config.u_threshold and dest.conns >= dest.config.u_threshold and not dest.overloaded:
+        u = dest.config.u_threshold
+        sched = dest.service.scheduler
+        if u and dest.activeconns + dest.inactconns >= u and not dest.overloaded:
             dest.overloaded = True
-            dest.service.scheduler.upd_dest(dest.service.dests, dest)
-        dest.service.scheduler.conn_changed(dest)
+            sched.upd_dest(dest.service.dests, dest)
+        sched.conn_changed(dest)
         t.schedule(slot, now + self.timeouts[state])
+        if state == TcpState.SYN_RECV:
+            t.mark_evictable(slot)
         return slot
 
     def _unbind(self, slot: int) -> None:
         t = self.table
-        dest: Dest = t.dest[slot]
-        proto = t.proto[slot]
+        iplan = t.iplan[slot]
+        dest: Dest = iplan[xmit.P_DEST]
+        proto = t.proto(slot)
         key = t.key[slot]
         t.tabs[(proto, 0)].pop(key, None)
         if t.flags[slot] & F_NAT:
-            dport = dest.config.dport or _U16.unpack_from(key, 10)[0]
-            t.tabs[(proto, 1)].pop(dest.config.daddr.packed + key[0:4] + _PORTS.pack(dport, _U16.unpack_from(key, 8)[0]), None)
+            t.tabs[(proto, 1)].pop(iplan[xmit.P_OKA] + key[0:4] + iplan[xmit.P_OKP] + key[8:10], None)
         if t.flags[slot] & F_INACTIVE:
             dest.inactconns -= 1
         else:
@@ -388,7 +390,7 @@ class Core(FastPath):
         if new == old:
             return
         t.state[slot] = new
-        dest: Dest = t.dest[slot]
+        dest: Dest = t.dest(slot)
         inactive = bool(t.flags[slot] & F_INACTIVE)
         if inactive and new == TcpState.ESTABLISHED:
             t.flags[slot] &= ~F_INACTIVE
@@ -402,7 +404,7 @@ class Core(FastPath):
             dest.service.scheduler.conn_changed(dest)
         if new in _EVICT_ON_ENTRY:
             t.mark_evictable(slot)
-        t.schedule(slot, now + self.timeouts[new])
+        t.schedule(slot, now + self.timeouts[new], earlier_only=True)
 
     # ======================================================================================
     # Time
@@ -414,10 +416,10 @@ class Core(FastPath):
     def handle_timer(self, now: float) -> int:
         """Expire every connection whose timeout has passed; returns how many expired."""
         t = self.table
-        timeouts, last, state = self.timeouts, t.last, t.state
+        timeouts, state, seen = self.timeouts, t.state, t.seen
         expired = 0
         for slot in t.due_slots(now):
-            deadline = last[slot] + timeouts[state[slot]]
+            deadline = seen(slot) + timeouts[state[slot]]
             if deadline > now:
                 t.schedule(slot, deadline)
             else:
@@ -434,17 +436,17 @@ class Core(FastPath):
             if t.flags[slot] & F_TEMPLATE:
                 continue
             key: bytes = t.key[slot]
-            dest: Dest = t.dest[slot]
+            dest: Dest = t.dest(slot)
             cport, vport = _PORTS.unpack_from(key, 8)
             st = t.state[slot]
             yield ConnInfo(
-                proto=Proto(t.proto[slot]),
+                proto=Proto(t.proto(slot)),
                 caddr=ipaddress.IPv4Address(key[0:4]), cport=cport,
                 vaddr=ipaddress.IPv4Address(key[4:8]), vport=vport,
                 daddr=dest.config.daddr, dport=dest.config.dport or vport,
                 state=STATE_NAMES[st],
-                expires=max(0.0, t.last[slot] + self.timeouts[st] - now),
-                method=dest.config.method, inpkts=t.inpkts[slot],
+                expires=max(0.0, t.seen(slot) + self.timeouts[st] - now),
+                method=dest.config.method,
             )
 
     def dest_counters(self, dest: Dest) -> Counters:
@@ -516,7 +518,7 @@ class Core(FastPath):
         slot = t.tabs[(f.proto, 0)].get(key)
         if slot is not None:
             if f.proto == IPPROTO_TCP and is_pure_syn(f.tcp_flags) and t.state[slot] in _REUSABLE \
-                    and t.control[slot] < 0:
+                    and slot not in t.control:
                 # conn_reuse_mode: a new SYN on a closed entry starts a new connection.
                 self._unbind(slot)
             else:
@@ -540,28 +542,57 @@ class Core(FastPath):
         if f.proto == IPPROTO_TCP and not is_pure_syn(f.tcp_flags):
             self._drop(j, DropReason.NO_CONN)
             return
-        dest = svc.scheduler.schedule(int.from_bytes(f.saddr, "big"), f.sport,
-                                      int.from_bytes(f.daddr, "big"), f.dport)
+        key = f.saddr + f.daddr + _PORTS.pack(f.sport, f.dport)
+        slot = self._schedule_and_bind(j, buf, f.off, f.proto, key, f.daddr + _U16.pack(f.dport), svc,
+                                       f.ttl, ifin, now)
+        if slot >= 0:
+            self._xmit(j, buf, f, slot, self.table.iplan[slot], bool(self.table.flags[slot] & F_NAT), now)
+
+    def _schedule_and_bind(self, j: int, buf: Any, off: int, proto: int, key: bytes, vkey: bytes,
+                           svc: Service, ttl: int, ifin: int, now: float) -> int:
+        """Pick a dest for a new flow and create its connection; -1 when the frame was dropped."""
+        caddr, vaddr, cport, vport = _KEY.unpack(key)
+        dest = svc.scheduler.schedule(caddr, cport, vaddr, vport)
         if dest is None:
             self._drop(j, DropReason.NO_DEST)
-            return
-        if dest.config.method == FwdMethod.MASQ and f.ttl <= 1:
-            self._time_exceeded(j, buf, f, ifin, now)
-            return
+            return -1
         t = self.table
         if t.full:
             victim = t.pop_evictable()
             if victim < 0:
                 self._drop(j, DropReason.CONN_TABLE_FULL)
-                return
+                return -1
             self._unbind(victim)
-        client_l2 = bytes(buf[f.off + 6:f.off + 12]) + bytes(buf[f.off:f.off + 6])
-        slot = self._bind(f.proto, f.saddr, f.sport, f.daddr, f.dport, dest, ifin, client_l2, now)
-        self._forward_in(j, buf, f, slot, now)
+        return self._bind(proto, key, vkey, dest, ifin, bytes(buf[off:off + 12]), now)
+
+    def _new_flow(self, j: int, buf: Any, off: int, key: bytes, proto: int, ttl: int, ipc: int,
+                  l4c: int, ifin: int, now: float) -> None:
+        """A plain untagged IPv4 pure SYN or UDP datagram that missed the table (the fast path
+        has checked its headers).  New flows to a service are bound here without a full parse;
+        anything else goes to the general slow path."""
+        vkey = key[4:8] + key[10:12]
+        svc = self._svc_lookup.get((proto, vkey))
+        if svc is None or ttl <= 1:
+            self._slow(j, buf, off, self._len, ifin, now)
+            return
+        slot = self._schedule_and_bind(j, buf, off, proto, key, vkey, svc, ttl, ifin, now)
+        if slot < 0:
+            return
+        plan = self.table.iplan[slot]
+        if plan[xmit.P_EG] < 0:
+            self.unresolved.add(plan[xmit.P_DEST].config.daddr.packed)
+            self._drop(j, DropReason.NEIGH_UNRESOLVED)
+            return
+        xmit.rewrite_plain(buf, off, proto, plan, ttl, ipc, l4c)
+        si = plan[xmit.P_SI]
+        self.stats.pkts[si] += 1
+        self.stats.bytes[si] += self._tl
+        self.verdicts[j] = _FORWARD
+        self.egress[j] = plan[xmit.P_EG]
 
     def _forward_in(self, j: int, buf: Any, f: Frame, slot: int, now: float) -> None:
         t = self.table
-        dest: Dest = t.dest[slot]
+        dest: Dest = t.dest(slot)
         if dest.removed:
             self._nodest(j, slot)
             return
@@ -573,7 +604,7 @@ class Core(FastPath):
 
     def _forward_out(self, j: int, buf: Any, f: Frame, slot: int, now: float) -> None:
         t = self.table
-        if t.dest[slot].removed:
+        if t.dest(slot).removed:
             self._nodest(j, slot)
             return
         if f.proto == IPPROTO_TCP:
@@ -582,17 +613,14 @@ class Core(FastPath):
 
     def _xmit(self, j: int, buf: Any, f: Frame, slot: int, plan: list[Any], nat: bool, now: float) -> None:
         if plan[xmit.P_EG] < 0:
-            self.unresolved.add(self.table.dest[slot].config.daddr.packed)
+            self.unresolved.add(self.table.dest(slot).config.daddr.packed)
             self._drop(j, DropReason.NEIGH_UNRESOLVED)
             return
         if nat and f.ttl <= 1:
             self._time_exceeded(j, buf, f, self._ifin, now)
             return
         xmit.rewrite(buf, f.off, f.l3, f.l4, f.proto, plan)
-        t = self.table
-        t.last[slot] = now
-        if not plan[xmit.P_SI] & 1:
-            t.inpkts[slot] += 1
+        self.table.last[slot] = self.table.ticks(now)
         si = plan[xmit.P_SI]
         self.stats.pkts[si] += 1
         self.stats.bytes[si] += f.tot_len
@@ -629,13 +657,13 @@ class Core(FastPath):
             else:
                 self.verdicts[j] = _PASS
             return
-        if t.dest[slot].removed:
+        if t.dest(slot).removed:
             self._nodest(j, slot)
             return
         nat = bool(t.flags[slot] & F_NAT)
         plan = t.oplan[slot] if outbound else t.iplan[slot]
         if plan[xmit.P_EG] < 0:
-            self.unresolved.add(t.dest[slot].config.daddr.packed)
+            self.unresolved.add(t.dest(slot).config.daddr.packed)
             self._drop(j, DropReason.NEIGH_UNRESOLVED)
             return
         if nat:

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ulvs.core.engine import Core
 
-# At the Ethernet type (frame offset 12): ethertype, ver/ihl, total length, frag field, ttl,
-# protocol, IP checksum, key = saddr|daddr|sport|dport, UDP length, UDP checksum, TCP data
-# offset, TCP flags, TCP checksum.  40 bytes, so frames shorter than 52 bytes go slow.
-_FAST = struct.Struct("!HBxHxxHBBH12sHHxxxxBBxxH")
+# At the Ethernet type (frame offset 12): ethertype (as two bytes), ver/ihl, total length, flags
+# + fragment offset (as two bytes), ttl, protocol, IP checksum, key = saddr|daddr|sport|dport,
+# UDP length, UDP checksum, TCP data offset, TCP flags, TCP checksum.  40 bytes, so frames
+# shorter than 52 bytes go slow.  Single bytes come back as cached small ints (no allocation).
+_FAST = struct.Struct("!BBBxHxxBBBBH12sHHxxxxBBxxH")
 _MIN = 12 + _FAST.size
 _BBH = struct.Struct("!BBH")
 _U16 = struct.Struct("!H")
@@ -55,22 +56,22 @@ class FastPath:
             self._grow_batch(count)
         t = self.table
         tcp_in, tcp_out, udp_in, udp_out = t.tcp_in, t.tcp_out, t.udp_in, t.udp_out
-        state, last, iplan, oplan, inpkts = t.state, t.last, t.iplan, t.oplan, t.inpkts
+        state, last, iplan, oplan = t.state, t.last, t.iplan, t.oplan
         spk, sby = self.stats.pkts, self.stats.bytes
         verdicts, egress = self.verdicts, self.egress
         vips, masq_addrs = self.vips, self.masq_addrs
         unpack = _FAST.unpack_from
         pack_bbh, pack_u16, pack4, pack12 = _BBH.pack_into, _U16.pack_into, _S4.pack_into, _S12.pack_into
         slow = self._slow
-        for j in range(count):
-            buf = bufs[j]
-            off = offs[j]
-            n = lens[j]
-            if n < _MIN:
+        new_flow = self._new_flow
+        stamp = t.ticks(now)
+        minlen = _MIN
+        for j, buf, off, n in zip(range(count), bufs, offs, lens):
+            if n < minlen:
                 slow(j, buf, off, n, ifins[j], now)
                 continue
-            et, vi, tl, fr, ttl, pr, ipc, key, ulen, uc, doff, fl, tc = unpack(buf, off + 12)
-            if et != 0x0800 or vi != 0x45 or fr & 0x3FFF or tl > n - 14:
+            e1, e2, vi, tl, f1, f2, ttl, pr, ipc, key, ulen, uc, doff, fl, tc = unpack(buf, off + 12)
+            if e1 != 8 or e2 or vi != 0x45 or f1 & 0x3F or f2 or tl > n - 14:  # IPv4, IHL 5, no MF/offset
                 slow(j, buf, off, n, ifins[j], now)
                 continue
             if pr == 6:
@@ -78,20 +79,25 @@ class FastPath:
                 if i is None:
                     i = tcp_out.get(key)
                     if i is None:
-                        if key[4:8] in vips or key[0:4] in masq_addrs:
+                        if key[4:8] in vips:
+                            if fl & 0x17 == 2 and tl >= 40 and doff >= 0x50 and (doff >> 2) + 20 <= tl:
+                                self._len = n
+                                self._tl = tl
+                                new_flow(j, buf, off, key, 6, ttl, ipc, tc, ifins[j], now)  # pure SYN
+                            else:
+                                slow(j, buf, off, n, ifins[j], now)
+                        elif key[0:4] in masq_addrs:
                             slow(j, buf, off, n, ifins[j], now)
                         else:
                             verdicts[j] = 2  # PASS: not ours
                         continue
                     pl = oplan[i]
-                    out = True
                 else:
                     pl = iplan[i]
-                    out = False
-                if state[i] != 1 or fl & 7 or tl < 40 or doff < 0x50 or (doff >> 4) * 4 + 20 > tl:
+                if state[i] != 1 or fl & 7 or doff < 0x50 or (doff >> 2) + 20 > tl:  # implies tl >= 40
                     slow(j, buf, off, n, ifins[j], now)
                     continue
-                kind, eg, l2, ao, a4, po, port, dip, dl4, _dp, si = pl
+                kind, eg, l2, ao, a4, po, port, dip, dl4, _dp, si, _d, _oa, _op = pl
                 if eg < 0 or (kind and ttl <= 1):
                     slow(j, buf, off, n, ifins[j], now)
                     continue
@@ -107,17 +113,22 @@ class FastPath:
                 if i is None:
                     i = udp_out.get(key)
                     if i is None:
-                        if key[4:8] in vips or key[0:4] in masq_addrs:
+                        if key[4:8] in vips:
+                            if 8 <= ulen <= tl - 20:
+                                self._len = n
+                                self._tl = tl
+                                new_flow(j, buf, off, key, 17, ttl, ipc, uc, ifins[j], now)
+                            else:
+                                slow(j, buf, off, n, ifins[j], now)
+                        elif key[0:4] in masq_addrs:
                             slow(j, buf, off, n, ifins[j], now)
                         else:
                             verdicts[j] = 2
                         continue
                     pl = oplan[i]
-                    out = True
                 else:
                     pl = iplan[i]
-                    out = False
-                kind, eg, l2, ao, a4, po, port, dip, dl4, _dp, si = pl
+                kind, eg, l2, ao, a4, po, port, dip, dl4, _dp, si, _d, _oa, _op = pl
                 if eg < 0 or (kind and ttl <= 1) or ulen < 8 or ulen > tl - 20:
                     slow(j, buf, off, n, ifins[j], now)
                     continue
@@ -134,9 +145,7 @@ class FastPath:
                 slow(j, buf, off, n, ifins[j], now)
                 continue
             pack12(buf, off, l2)
-            last[i] = now
-            if not out:
-                inpkts[i] += 1
+            last[i] = stamp
             spk[si] += 1
             sby[si] += tl
             verdicts[j] = 1

@@ -19,6 +19,9 @@ Plan fields (indices ``P_*``):
   DPART  delta for a CHECKSUM_PARTIAL seed: address words only (the port lies in the range the
          device sums itself, so it must not be added; see REFERENCE "CHECKSUM_PARTIAL")
   SI     statistics row: dest stats index * 2 + direction (0 in, 1 out)
+  DEST   the dest (ulvs.core.model.Dest) this plan forwards to or from
+  OKA    in plans of NAT dests: daddr bytes, the head of the connection's out key
+  OKP    in plans of NAT dests: dport bytes, the third field of the out key
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 from ulvs.packet.checksum import TTL_DEC_DELTA, apply_delta, delta, words
 from ulvs.packet.layouts import IPPROTO_TCP, IPPROTO_UDP
 
-P_KIND, P_EG, P_L2, P_AOFF, P_A4, P_POFF, P_PORT, P_DIP, P_DL4, P_DPART, P_SI = range(11)
+P_KIND, P_EG, P_L2, P_AOFF, P_A4, P_POFF, P_PORT, P_DIP, P_DL4, P_DPART, P_SI, P_DEST, P_OKA, P_OKP = range(14)
 KIND_DR = 0
 KIND_NAT = 1
 NO_L2 = bytes(12)
@@ -38,29 +41,46 @@ _U16 = struct.Struct("!H")
 _BBH = struct.Struct("!BBH")
 
 
-def nat_in_plan(vaddr: bytes, vport: int, daddr: bytes, dport: int, si: int) -> list[Any]:
+def nat_in_plan(vaddr: bytes, vport: int, daddr: bytes, dport: int, si: int, dest: Any) -> list[Any]:
     """Client -> real server: destination vaddr:vport becomes daddr:dport."""
     va, da = words(vaddr), words(daddr)
     return [KIND_NAT, -1, NO_L2, 16, daddr, 2, dport,
-            delta(va, da, TTL_DEC_DELTA), delta(va + [vport], da + [dport]), delta(va, da), si * 2]
+            delta(va, da, TTL_DEC_DELTA), delta(va + [vport], da + [dport]), delta(va, da), si * 2,
+            dest, daddr, _U16.pack(dport)]
 
 
-def nat_out_plan(vaddr: bytes, vport: int, daddr: bytes, dport: int, si: int,
+def nat_out_plan(vaddr: bytes, vport: int, daddr: bytes, dport: int, si: int, dest: Any,
                  egress: int, l2: bytes) -> list[Any]:
     """Real server -> client: source daddr:dport becomes vaddr:vport, back the way it came."""
     va, da = words(vaddr), words(daddr)
     return [KIND_NAT, egress, l2, 12, vaddr, 0, vport,
-            delta(da, va, TTL_DEC_DELTA), delta(da + [dport], va + [vport]), delta(da, va), si * 2 + 1]
+            delta(da, va, TTL_DEC_DELTA), delta(da + [dport], va + [vport]), delta(da, va), si * 2 + 1,
+            dest, b"", b""]
 
 
-def dr_plan(si: int) -> list[Any]:
+def dr_plan(si: int, dest: Any) -> list[Any]:
     """Direct routing: the IP packet is untouched, only the MACs change."""
-    return [KIND_DR, -1, NO_L2, 0, b"", 0, 0, 0, 0, 0, si * 2]
+    return [KIND_DR, -1, NO_L2, 0, b"", 0, 0, 0, 0, 0, si * 2, dest, b"", b""]
 
 
 def set_l2(plan: list[Any], egress: int, dst_mac: bytes, src_mac: bytes) -> None:
     plan[P_EG] = egress
     plan[P_L2] = dst_mac + src_mac
+
+
+def rewrite_plain(buf: Any, off: int, proto: int, plan: list[Any], ttl: int, ipc: int, l4c: int) -> None:
+    """``rewrite`` for an untagged IPv4 frame without options whose TTL, IP checksum and L4
+    checksum the caller already read (the new-flow entry from the fast path)."""
+    if plan[P_KIND] == KIND_NAT:
+        _BBH.pack_into(buf, off + 22, ttl - 1, proto, apply_delta(ipc, plan[P_DIP]))
+        aoff = off + 14 + plan[P_AOFF]
+        buf[aoff:aoff + 4] = plan[P_A4]
+        _U16.pack_into(buf, off + 34 + plan[P_POFF], plan[P_PORT])
+        if proto == IPPROTO_TCP:
+            _U16.pack_into(buf, off + 50, apply_delta(l4c, plan[P_DL4]))
+        elif l4c:  # UDP with a checksum
+            _U16.pack_into(buf, off + 40, apply_delta(l4c, plan[P_DL4]) or 0xFFFF)
+    buf[off:off + 12] = plan[P_L2]
 
 
 def rewrite(buf: Any, off: int, l3: int, l4: int, proto: int, plan: list[Any],

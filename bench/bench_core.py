@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""In-process cost of the forwarding core: ns per packet and bytes per connection.
+
+Frames sit back to back in one bytearray, as in a TPACKET_V3 ring block, and are handed to
+``Core.process_batch`` 1024 at a time.  Rewrites happen in place, so the pristine frames are
+copied back (untimed) before every timed batch.  Each figure is the median of ``--reps``
+repetitions.
+
+  nat_ns_per_pkt        established NAT flows, half client->VIP, half real server->client
+  nat_in_ns / nat_out_ns  the two directions alone
+  dr_ns_per_pkt         established direct-routing flows (MAC rewrite only)
+  udp_nat_ns_per_pkt    established UDP NAT flows, client->VIP
+  new_conn_ns           a SYN for a new flow: parse, rr schedule, conn insert, rewrite
+  conn_bytes_per_entry  RSS growth per NAT connection with 1,000,000 in the table (a NAT
+                        connection is found from both directions: two hash entries, two keys)
+  conn_bytes_per_entry_dr  the same for direct-routing connections (one hash entry)
+
+Usage: bench/bench_core.py [--json] [--quick] [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import ipaddress
+import json
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Callable
+
+from ulvs.core import Core, DestConfig, FwdMethod, Proto, ServiceConfig
+from ulvs.packet import builder
+
+CMAC, DMAC = "02:00:00:00:01:01", "02:00:00:00:01:fe"
+RMAC, LMAC = "02:00:00:00:02:01", "02:00:00:00:02:fe"
+VIP = "10.77.1.100"
+BATCH = 1024
+
+
+def make_core(method: FwdMethod, proto: Proto = Proto.TCP, limit: int = 2_000_000) -> Core:
+    core = Core(conn_limit=limit, batch_max=BATCH)
+    port = 80 if proto == Proto.TCP else 53
+    svc = core.add_service(ServiceConfig(proto, ipaddress.IPv4Address(VIP), port, sched="rr"))
+    for i in range(8):
+        daddr = ipaddress.IPv4Address(f"10.77.2.{11 + i}")
+        core.add_dest(svc.config.key, DestConfig(daddr, port, method=method))
+        core.set_neighbor(daddr, 2, bytes.fromhex(f"0200000002{i + 16:02x}"), builder.mac(LMAC))
+    return core
+
+
+def client(i: int) -> tuple[str, int]:
+    return f"10.77.{100 + (i >> 14) % 100}.{1 + (i >> 6) % 250}", 1024 + i % 60000
+
+
+def establish(core: Core, nflows: int, proto: Proto) -> list[tuple[str, int, str]]:
+    """Open nflows connections through the core; returns (caddr, cport, daddr) per flow."""
+    flows = []
+    port = 80 if proto == Proto.TCP else 53
+    for i in range(nflows):
+        caddr, cport = client(i)
+        if proto == Proto.TCP:
+            f = bytearray(builder.tcp_frame(CMAC, DMAC, caddr, VIP, cport, port, 0x02))
+            core.process(f, 1, 0.0)
+            daddr = str(ipaddress.IPv4Address(bytes(f[30:34])))
+            core.process(bytearray(builder.tcp_frame(RMAC, LMAC, daddr, caddr, port, cport, 0x12)), 2, 0.0)
+            core.process(bytearray(builder.tcp_frame(CMAC, DMAC, caddr, VIP, cport, port, 0x10)), 1, 0.0)
+        else:
+            f = bytearray(builder.udp_frame(CMAC, DMAC, caddr, VIP, cport, port, b"q" * 18))
+            core.process(f, 1, 0.0)
+            daddr = str(ipaddress.IPv4Address(bytes(f[30:34])))
+        flows.append((caddr, cport, daddr))
+    return flows
+
+
+class Ring:
+    """BATCH frames back to back in one buffer, restorable between timed runs."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.offs = []
+        self.lens = []
+        pos = 0
+        for f in frames:
+            self.offs.append(pos)
+            self.lens.append(len(f))
+            pos += (len(f) + 15) & ~15
+        self.pristine = bytearray(pos)
+        for f, o in zip(frames, self.offs, strict=True):
+            self.pristine[o:o + len(f)] = f
+        self.buf = bytearray(self.pristine)
+        self.bufs = [self.buf] * len(frames)
+
+    def restore(self) -> None:
+        self.buf[:] = self.pristine
+
+
+def time_batches(core: Core, ring: Ring, ifins: list[int], batches: int) -> float:
+    """ns per packet over ``batches`` timed calls (restores excluded)."""
+    n = len(ring.offs)
+    total = 0
+    pb = core.process_batch
+    for _ in range(batches):
+        ring.restore()
+        t0 = time.perf_counter_ns()
+        pb(ring.bufs, ring.offs, ring.lens, ifins, n, 1.0)
+        total += time.perf_counter_ns() - t0
+    if any(core.verdicts[j] != 1 for j in range(n)):
+        raise SystemExit("benchmark frames were not all forwarded: the setup is wrong")
+    return total / (batches * n)
+
+
+def bench_established(method: FwdMethod, proto: Proto, direction: str, reps: int, batches: int) -> float:
+    core = make_core(method, proto)
+    flows = establish(core, BATCH, proto)
+    port = 80 if proto == Proto.TCP else 53
+    frames, ifins = [], []
+    for k, (caddr, cport, daddr) in enumerate(flows):
+        out = direction == "out" or (direction == "mixed" and k % 2)
+        if proto == Proto.TCP:
+            if out:
+                f = builder.tcp_frame(RMAC, LMAC, daddr, caddr, port, cport, 0x10, b"x" * 10)
+            else:
+                f = builder.tcp_frame(CMAC, DMAC, caddr, VIP, cport, port, 0x10, b"x" * 10)
+        else:
+            f = builder.udp_frame(CMAC, DMAC, caddr, VIP, cport, port, b"q" * 18)
+        frames.append(f)
+        ifins.append(2 if out else 1)
+    ring = Ring(frames)
+    return statistics.median(time_batches(core, ring, ifins, batches) for _ in range(reps))
+
+
+def bench_new_conn(reps: int, batches: int) -> float:
+    results = []
+    for _ in range(reps):
+        core = make_core(FwdMethod.MASQ)
+        total, n = 0, 0
+        for b in range(batches):
+            frames = []
+            for k in range(BATCH):
+                caddr, cport = client(b * BATCH + k)
+                frames.append(builder.tcp_frame(CMAC, DMAC, caddr, VIP, cport, 80, 0x02))
+            ring = Ring(frames)
+            ifins = [1] * BATCH
+            t0 = time.perf_counter_ns()
+            core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, BATCH, 1.0)
+            total += time.perf_counter_ns() - t0
+            n += BATCH
+        if core.conn_count() != n:
+            raise SystemExit(f"expected {n} new connections, table has {core.conn_count()}")
+        results.append(total / n)
+    return statistics.median(results)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found")
+
+
+def bench_memory(entries: int, progress: Callable[[str], None], method: FwdMethod = FwdMethod.MASQ) -> float:
+    """RSS growth per connection after inserting ``entries`` connections."""
+    core = make_core(method, limit=entries)
+    template = bytearray(builder.tcp_frame(CMAC, DMAC, "10.77.100.1", VIP, 1024, 80, 0x02))
+    frames = [bytes(template)] * BATCH
+    ring = Ring(frames)
+    ifins = [1] * BATCH
+    addr = struct.Struct("!4s")
+    gc.collect()
+    before = rss_bytes()
+    made = 0
+    while made < entries:
+        n = min(BATCH, entries - made)
+        ring.restore()
+        for k in range(n):
+            i = made + k
+            # unique client address/port per connection; checksums are not verified by the core
+            addr.pack_into(ring.buf, ring.offs[k] + 26, (0x0A000000 | (i >> 8) + (1 << 16)).to_bytes(4, "big"))
+            struct.pack_into("!H", ring.buf, ring.offs[k] + 34, 1024 + (i & 0xFF))
+        core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, n, 1.0)
+        made += n
+        if made % 200_000 == 0:
+            progress(f"  memory: {made:,} connections")
+    gc.collect()
+    after = rss_bytes()
+    if core.conn_count() != entries:
+        raise SystemExit(f"expected {entries} connections, table has {core.conn_count()}")
+    return (after - before) / entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and 100k conns for memory")
+    ap.add_argument("--reps", type=int, default=0, help="repetitions per figure (median is reported)")
+    args = ap.parse_args(argv)
+    reps = args.reps or (5 if args.quick else 9)
+    batches = 20 if args.quick else 100
+    entries = 100_000 if args.quick else 1_000_000
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    res: dict[str, float | int] = {}
+    for name, method, proto, direction in (
+        ("nat_ns_per_pkt", FwdMethod.MASQ, Proto.TCP, "mixed"),
+        ("nat_in_ns", FwdMethod.MASQ, Proto.TCP, "in"),
+        ("nat_out_ns", FwdMethod.MASQ, Proto.TCP, "out"),
+        ("dr_ns_per_pkt", FwdMethod.DROUTE, Proto.TCP, "in"),
+        ("udp_nat_ns_per_pkt", FwdMethod.MASQ, Proto.UDP, "in"),
+    ):
+        progress(f"{name} ...")
+        res[name] = round(bench_established(method, proto, direction, reps, batches), 1)
+    progress("new_conn_ns ...")
+    res["new_conn_ns"] = round(bench_new_conn(reps, 5 if args.quick else 20), 1)
+    progress(f"conn_bytes_per_entry ({entries:,} connections) ...")
+    res["conn_bytes_per_entry"] = round(bench_memory(entries, progress), 1)
+    progress(f"conn_bytes_per_entry_dr ({entries:,} connections) ...")
+    res["conn_bytes_per_entry_dr"] = round(bench_memory(entries, progress, FwdMethod.DROUTE), 1)
+    res["conn_entries_measured"] = entries
+    res["reps"] = reps
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for k, v in res.items():
+            print(f"{k:24} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

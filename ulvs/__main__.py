@@ -1,0 +1,5 @@
+import sys
+
+from ulvs.cli.main import main
+
+sys.exit(main())

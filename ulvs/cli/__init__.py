@@ -1,0 +1,1 @@
+"""L5 command lines: ``ulvs`` and (with the dataplane) ``ulvsadm``."""
