@@ -177,7 +177,8 @@ def bench_memory(entries: int, progress: Callable[[str], None], method: FwdMetho
         for k in range(n):
             i = made + k
             # unique client address/port per connection; checksums are not verified by the core
-            addr.pack_into(ring.buf, ring.offs[k] + 26, (0x0A000000 | (i >> 8) + (1 << 16)).to_bytes(4, "big"))
+            caddr = (0x0A000000 | (i >> 8) + (1 << 16)).to_bytes(4, "big")
+            addr.pack_into(ring.buf, ring.offs[k] + 26, caddr)
             struct.pack_into("!H", ring.buf, ring.offs[k] + 34, 1024 + (i & 0xFF))
         core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, n, 1.0)
         made += n

@@ -33,6 +33,8 @@ F_TEMPLATE = 0x02   # persistence template, not a real connection
 F_INACTIVE = 0x04   # counted in the dest's inactconns (else activeconns)
 F_SYNC = 0x08       # created from a sync message
 F_UDP = 0x10        # protocol is UDP (else TCP)
+F_OPS = 0x20        # one-packet scheduling: not found by the in key, rescheduled per datagram
+F_DEAD = 0x40       # template unlinked (its dest became invalid); freed with its last conn
 
 # ``last`` holds 32-bit ticks of 1/16 s since the table's epoch (its first ``now``): 4 bytes per
 # connection instead of 8, 62.5 ms resolution, 8.5 years of range.

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ulvs.core import xmit
-from ulvs.core.conntab import F_INACTIVE, F_NAT, F_TEMPLATE, ConnTable
-from ulvs.core.fastpath import FastPath
+from ulvs.core.conntab import F_DEAD, F_INACTIVE, F_NAT, F_OPS, F_TEMPLATE, ConnTable
+from ulvs.core.fastpath import process_batch as _fast_process_batch
 from ulvs.core.model import Dest, DestConfig, FwdMethod, Proto, Service, ServiceConfig
 from ulvs.core.proto_tcp import (
     DEFAULT_TIMEOUTS,
@@ -38,7 +38,7 @@ from ulvs.core.proto_tcp import (
 from ulvs.core.stats import Counters, StatsTable
 from ulvs.core.verdict import DropReason, Verdict
 from ulvs.packet import builder
-from ulvs.packet.checksum import checksum, verify
+from ulvs.packet.checksum import apply_delta, checksum, verify
 from ulvs.packet.layouts import (
     ETH_P_IP,
     ICMP_TIME_EXCEEDED,
@@ -76,6 +76,7 @@ class ConnInfo:
     state: str
     expires: float          # seconds from ``now`` until expiry
     method: FwdMethod
+    template: bool = False  # a persistence template (listed with state NONE, cport 0)
 
 
 ServiceKey = tuple[Proto, ipaddress.IPv4Address, int]
@@ -85,15 +86,18 @@ def _svc_lookup_key(proto: int, vaddr: bytes, vport: int) -> tuple[int, bytes]:
     return (proto, vaddr + _U16.pack(vport))
 
 
-class Core(FastPath):
+class Core:
     """An IPVS-like director core.  Not thread-safe: one per dataplane worker."""
 
     def __init__(self, *, conn_limit: int = 1_000_000, tick: float = 1.0, batch_max: int = 1024,
-                 expire_nodest_conn: bool = False, icmp_rate: float = 100.0) -> None:
+                 expire_nodest_conn: bool = False, expire_quiescent_template: bool = False,
+                 icmp_rate: float = 100.0) -> None:
         self.table = ConnTable(conn_limit, tick)
         self.stats = StatsTable()
         self.timeouts = array("d", DEFAULT_TIMEOUTS)
         self.expire_nodest_conn = expire_nodest_conn
+        self.expire_quiescent_template = expire_quiescent_template
+        self._tmpl: dict[int, list[int]] = {}   # template slot -> [timeout s, conns it controls]
         self.services: dict[ServiceKey, Service] = {}
         self._svc_lookup: dict[tuple[int, bytes], Service] = {}
         self.vips: set[bytes] = set()
@@ -119,7 +123,6 @@ class Core(FastPath):
         self._ifin = 0
         self._len = 0
         self._tl = 0
-        self._init_fastpath()
 
     # ======================================================================================
     # Control plane (call between batches)
@@ -127,14 +130,32 @@ class Core(FastPath):
     def add_service(self, cfg: ServiceConfig) -> Service:
         if cfg.key in self.services:
             raise CoreError(f"service {_svc_name(cfg)} already exists")
+        lookups = [_svc_lookup_key(p, a.packed, port) for p, a, port in cfg.entries()]
+        for lk in lookups:
+            other = self._svc_lookup.get(lk)
+            if other is not None:
+                port = _U16.unpack_from(lk[1], 4)[0]
+                entry = f"{Proto(lk[0]).name} {ipaddress.IPv4Address(lk[1][:4])}:{port}"
+                raise CoreError(f"{entry} already belongs to {_svc_name(other.config)}")
         svc = Service(cfg, create_scheduler(cfg.sched, cfg.flags))
         self.services[cfg.key] = svc
-        self._svc_lookup[_svc_lookup_key(cfg.proto, cfg.vaddr.packed, cfg.vport)] = svc
-        self.vips.add(cfg.vaddr.packed)
+        for lk in lookups:
+            self._svc_lookup[lk] = svc
+        self._refresh_vips()
         return svc
+
+    def _refresh_vips(self) -> None:
+        self.vips = {lk[1][:4] for lk in self._svc_lookup}
+
+    def _find_service(self, proto: int, vkey: bytes) -> Service | None:
+        """The service for packets to vkey = vaddr|vport: exact entry, else the VIP's port-0 entry."""
+        return self._svc_lookup.get((proto, vkey)) or self._svc_lookup.get((proto, vkey[:4] + b"\0\0"))
 
     def edit_service(self, cfg: ServiceConfig) -> Service:
         svc = self.get_service(cfg.key)
+        if cfg.entries() != svc.config.entries():
+            raise CoreError("a service's address, port or group members cannot be edited; "
+                            "delete and add it")
         if cfg.sched != svc.config.sched or cfg.flags != svc.config.flags:
             svc.scheduler = create_scheduler(cfg.sched, cfg.flags)
             svc.scheduler.rebuild(svc.dests)
@@ -146,9 +167,9 @@ class Core(FastPath):
         for d in list(svc.dests):
             self.del_dest(key, d.config.daddr, d.config.dport)
         del self.services[key]
-        del self._svc_lookup[_svc_lookup_key(key[0], key[1].packed, key[2])]
-        if not any(k[1] == key[1] for k in self.services):
-            self.vips.discard(key[1].packed)
+        for p, a, port in svc.config.entries():
+            del self._svc_lookup[_svc_lookup_key(p, a.packed, port)]
+        self._refresh_vips()
 
     def clear(self) -> None:
         """ipvsadm -C: delete every service."""
@@ -214,7 +235,7 @@ class Core(FastPath):
         # comes back before they expire it is revived from the trash, as IPVS does.
         for plan in self._plans_of(dest):
             plan[xmit.P_EG] = -1
-        if dest.conns:
+        if dest.conns or dest.persistconns:
             self._trash[(key, daddr, dport)] = dest
         else:
             self._forget_dest(dest)
@@ -286,6 +307,9 @@ class Core(FastPath):
 
     def _refresh_plans(self, dest: Dest) -> None:
         """Drop cached plans of ``dest`` (method change, revival) and re-arm surviving conns."""
+        # del_dest set the egress of every plan to -1; an out plan's real egress (the client's
+        # ingress interface) survives only in its cache key, so recover it before discarding.
+        out_ifin = {id(p): k[2] for k, p in self._out_plans.items() if p[xmit.P_DEST] is dest}
         self._discard_plans(dest)
         t = self.table
         for slot in t.slots():
@@ -295,7 +319,7 @@ class Core(FastPath):
                 vkey = t.key[slot][4:8] + t.key[slot][10:12]
                 t.iplan[slot] = self._in_plan(dest, vkey)
                 old_out = t.oplan[slot]
-                t.oplan[slot] = self._out_plan(dest, vkey, old_out[xmit.P_EG],
+                t.oplan[slot] = self._out_plan(dest, vkey, out_ifin.get(id(old_out), old_out[xmit.P_EG]),
                                                old_out[xmit.P_L2][6:12] + old_out[xmit.P_L2][0:6])
             elif not t.flags[slot] & F_TEMPLATE:
                 # The forwarding method changed under a live connection: it cannot continue.
@@ -318,20 +342,31 @@ class Core(FastPath):
     # Connections: bind / unbind (ip_vs_bind_dest / ip_vs_unbind_dest)
     # ======================================================================================
     def _bind(self, proto: int, key: bytes, vkey: bytes, dest: Dest, ifin: int, macs: bytes,
-              now: float) -> int:
+              now: float, ops: bool = False) -> int:
         """Create the connection with in key ``key`` (caddr|vaddr|cport|vport) to ``dest``, in its
-        first state (a pure SYN has just been seen: SYN_RECV; UDP: its one state)."""
+        first state (a pure SYN has just been seen: SYN_RECV; UDP: its one state).
+
+        A one-packet (``ops``) connection is not entered under its in key, so the next datagram
+        of the flow is scheduled afresh; NAT replies still find it by its out key."""
         t = self.table
         state = TcpState.SYN_RECV if proto == IPPROTO_TCP else UDP_STATE
         iplan = self._in_plan(dest, vkey)
         nat = iplan[xmit.P_KIND] == xmit.KIND_NAT
-        slot = t.alloc(proto, state, (F_NAT | F_INACTIVE) if nat else F_INACTIVE, now)
+        flags = (F_NAT | F_INACTIVE) if nat else F_INACTIVE
+        if nat:
+            okey = iplan[xmit.P_OKA] + key[0:4] + iplan[xmit.P_OKP] + key[8:10]
+            if ops:
+                old = t.out_tab[proto].get(okey)
+                if old is not None:
+                    self._unbind(old)   # the same flow's previous datagram to this dest
+        slot = t.alloc(proto, state, flags | F_OPS if ops else flags, now)
         t.key[slot] = key
         t.iplan[slot] = iplan
-        t.in_tab[proto][key] = slot
+        if not ops:
+            t.in_tab[proto][key] = slot
         if nat:
             t.oplan[slot] = self._out_plan(dest, vkey, ifin, macs)
-            t.out_tab[proto][iplan[xmit.P_OKA] + key[0:4] + iplan[xmit.P_OKP] + key[8:10]] = slot
+            t.out_tab[proto][okey] = slot
         dest.inactconns += 1
         self.stats.conns[dest.sid] += 1
         u = dest.config.u_threshold
@@ -349,23 +384,46 @@ class Core(FastPath):
         t = self.table
         iplan = t.iplan[slot]
         dest: Dest = iplan[xmit.P_DEST]
-        proto = t.proto(slot)
         key = t.key[slot]
-        t.tabs[(proto, 0)].pop(key, None)
-        if t.flags[slot] & F_NAT:
-            t.tabs[(proto, 1)].pop(iplan[xmit.P_OKA] + key[0:4] + iplan[xmit.P_OKP] + key[8:10], None)
-        if t.flags[slot] & F_INACTIVE:
+        flags = t.flags[slot]
+        if flags & F_TEMPLATE:
+            if not flags & F_DEAD:
+                t.templates.pop(key, None)
+            del self._tmpl[slot]
+            dest.persistconns -= 1
+            t.release(slot)
+            self._maybe_forget(dest)
+            return
+        proto = t.proto(slot)
+        if not flags & F_OPS:
+            t.in_tab[proto].pop(key, None)
+        if flags & F_NAT:
+            okey = iplan[xmit.P_OKA] + key[0:4] + iplan[xmit.P_OKP] + key[8:10]
+            if t.out_tab[proto].get(okey) == slot:
+                del t.out_tab[proto][okey]
+        if flags & F_INACTIVE:
             dest.inactconns -= 1
         else:
             dest.activeconns -= 1
+        tslot = t.control.get(slot)
         t.release(slot)
+        if tslot is not None:
+            info = self._tmpl[tslot]
+            info[1] -= 1
+            if info[1] == 0 and t.flags[tslot] & F_DEAD:
+                self._unbind(tslot)
         self._update_overload(dest)
         if dest.removed:
-            if not dest.conns:
-                self._trash.pop((dest.service.config.key, dest.config.daddr, dest.config.dport), None)
-                self._forget_dest(dest)
+            self._maybe_forget(dest)
         else:
             dest.service.scheduler.conn_changed(dest)
+
+    def _maybe_forget(self, dest: Dest) -> None:
+        """A removed dest is forgotten once no connection or template refers to it."""
+        if dest.removed and not dest.conns and not dest.persistconns:
+            if self._trash.get((dest.service.config.key, dest.config.daddr, dest.config.dport)) is dest:
+                del self._trash[(dest.service.config.key, dest.config.daddr, dest.config.dport)]
+                self._forget_dest(dest)
 
     def _update_overload(self, dest: Dest) -> None:
         """IPVS threshold rule: set at bind when conns >= upper; clear on unbind when below the
@@ -419,7 +477,16 @@ class Core(FastPath):
         timeouts, state, seen = self.timeouts, t.state, t.seen
         expired = 0
         for slot in t.due_slots(now):
-            deadline = seen(slot) + timeouts[state[slot]]
+            tmpl = self._tmpl.get(slot) if t.flags[slot] & F_TEMPLATE else None
+            if tmpl is not None:
+                deadline = seen(slot) + tmpl[0]
+                if tmpl[1]:
+                    # A template does not expire while it controls connections: each time its
+                    # timer fires it is re-armed for another timeout, counted from that moment.
+                    while deadline <= now:
+                        deadline += tmpl[0]
+            else:
+                deadline = seen(slot) + timeouts[state[slot]]
             if deadline > now:
                 t.schedule(slot, deadline)
             else:
@@ -434,6 +501,7 @@ class Core(FastPath):
         t = self.table
         for slot in t.slots():
             if t.flags[slot] & F_TEMPLATE:
+                yield self._template_info(slot, now)
                 continue
             key: bytes = t.key[slot]
             dest: Dest = t.dest(slot)
@@ -448,6 +516,20 @@ class Core(FastPath):
                 expires=max(0.0, t.seen(slot) + self.timeouts[st] - now),
                 method=dest.config.method,
             )
+
+    def _template_info(self, slot: int, now: float) -> ConnInfo:
+        t = self.table
+        tkey = t.key[slot]
+        dest: Dest = t.dest(slot)
+        timeout, controls = self._tmpl[slot]
+        if tkey[0] == 0:   # service group: IPVS lists the mark in the vaddr field
+            proto, vaddr, vport = Proto.FWM, ipaddress.IPv4Address(tkey[2]), 0
+        else:
+            proto, vaddr, vport = Proto(tkey[0]), ipaddress.IPv4Address(tkey[2]), tkey[3]
+        expires = timeout if controls else max(0.0, t.seen(slot) + timeout - now)
+        return ConnInfo(proto=proto, caddr=ipaddress.IPv4Address(tkey[1]), cport=0, vaddr=vaddr, vport=vport,
+                        daddr=dest.config.daddr, dport=dest.config.dport, state="NONE",
+                        expires=expires, method=dest.config.method, template=True)
 
     def dest_counters(self, dest: Dest) -> Counters:
         return self.stats.row(dest.sid)
@@ -472,8 +554,19 @@ class Core(FastPath):
         return {STATE_NAMES[i]: c for i, c in enumerate(counts) if c}
 
     # ======================================================================================
-    # Packet path, single frame (tests, tools)
+    # Packet path
     # ======================================================================================
+    def process_batch(self, bufs: Any, offs: Any, lens: Any, ifins: Any, count: int, now: float) -> None:
+        """Decide frames 0..count-1; frame j is bufs[j][offs[j]:offs[j]+lens[j]], received on
+        interface ifins[j].  Results: ``verdicts[j]``, ``egress[j]``, ``reasons[j]`` (drops);
+        frames the core originates (ICMP errors) are appended to ``emitted``."""
+        if count > self.batch_max:
+            self.batch_max = count
+            self.verdicts = bytearray(count)
+            self.egress = array("l", [0]) * count
+            self.reasons = bytearray(count)
+        _fast_process_batch(self, bufs, offs, lens, ifins, count, now)
+
     def process(self, frame: bytearray, ifin: int, now: float) -> tuple[Verdict, int, DropReason | None]:
         """Run one frame through the batch path; returns (verdict, egress, drop reason)."""
         self.process_batch([frame], [0], [len(frame)], [ifin], 1, now)
@@ -529,7 +622,7 @@ class Core(FastPath):
             if slot is not None:
                 self._forward_out(j, buf, f, slot, now)
                 return
-        svc = self._svc_lookup.get((f.proto, f.daddr + _U16.pack(f.dport)))
+        svc = self._find_service(f.proto, f.daddr + _U16.pack(f.dport))
         if svc is None:
             if f.saddr + _U16.pack(f.sport) in self._masq_ports:
                 self._drop(j, DropReason.NO_CONN)   # a NAT reply without a connection
@@ -546,24 +639,89 @@ class Core(FastPath):
         slot = self._schedule_and_bind(j, buf, f.off, f.proto, key, f.daddr + _U16.pack(f.dport), svc,
                                        f.ttl, ifin, now)
         if slot >= 0:
-            self._xmit(j, buf, f, slot, self.table.iplan[slot], bool(self.table.flags[slot] & F_NAT), now)
+            nat = bool(self.table.flags[slot] & F_NAT)
+            self._xmit(j, buf, f, slot, self.table.iplan[slot], nat, now)
+            if svc.config.ops and not nat:
+                self._unbind(slot)
 
     def _schedule_and_bind(self, j: int, buf: Any, off: int, proto: int, key: bytes, vkey: bytes,
                            svc: Service, ttl: int, ifin: int, now: float) -> int:
         """Pick a dest for a new flow and create its connection; -1 when the frame was dropped."""
         caddr, vaddr, cport, vport = _KEY.unpack(key)
-        dest = svc.scheduler.schedule(caddr, cport, vaddr, vport)
+        cfg = svc.config
+        tslot = -1
+        if cfg.persistent is None:
+            dest = svc.scheduler.schedule(caddr, cport, vaddr, vport)
+        else:
+            dest, tslot = self._persist(svc, proto, caddr, cport, vaddr, vport, vkey, now)
         if dest is None:
             self._drop(j, DropReason.NO_DEST)
             return -1
+        if not self._make_room():
+            self._drop(j, DropReason.CONN_TABLE_FULL)
+            return -1
+        slot = self._bind(proto, key, vkey, dest, ifin, bytes(buf[off:off + 12]), now, cfg.ops)
+        if tslot >= 0 and self.table.live(tslot):
+            self.table.control[slot] = tslot
+            self._tmpl[tslot][1] += 1
+            self.table.last[tslot] = self.table.ticks(now)   # restart the template's timer
+        return slot
+
+    def _make_room(self) -> bool:
+        """True when the table can take one more entry (evicting an embryonic or closed one)."""
         t = self.table
-        if t.full:
-            victim = t.pop_evictable()
-            if victim < 0:
-                self._drop(j, DropReason.CONN_TABLE_FULL)
-                return -1
-            self._unbind(victim)
-        return self._bind(proto, key, vkey, dest, ifin, bytes(buf[off:off + 12]), now)
+        if not t.full:
+            return True
+        victim = t.pop_evictable()
+        if victim < 0:
+            return False
+        self._unbind(victim)
+        return True
+
+    # -- persistence (ip_vs_sched_persist) ------------------------------------------------------
+    def _persist(self, svc: Service, proto: int, caddr: int, cport: int, vaddr: int, vport: int,
+                 vkey: bytes, now: float) -> tuple[Dest | None, int]:
+        """The dest of the client network's template, scheduling and creating one if needed.
+
+        Template keys, after IPVS: a service group uses <group, caddr & mask>; a port-0 service
+        or FTP (port 21) uses <proto, caddr & mask, vaddr> so every port of the VIP sticks
+        together; any other service <proto, caddr & mask, vaddr, vport>."""
+        cfg = svc.config
+        masked = caddr & int(cfg.netmask)
+        if cfg.proto == Proto.FWM:
+            tkey: tuple[int, ...] = (0, masked, cfg.fwmark)
+        elif cfg.vport in (0, 21):
+            tkey = (proto, masked, vaddr, 0)
+        else:
+            tkey = (proto, masked, vaddr, vport)
+        t = self.table
+        tslot = t.templates.get(tkey)
+        if tslot is not None:
+            dest: Dest = t.dest(tslot)
+            if dest.removed or (dest.weight == 0 and self.expire_quiescent_template):
+                self._kill_template(tslot)
+            else:
+                return dest, tslot
+        picked = svc.scheduler.schedule(caddr, cport, vaddr, vport)
+        if picked is None or not self._make_room():
+            return picked, -1
+        assert cfg.persistent is not None
+        tslot = t.alloc(proto, TcpState.NONE, F_TEMPLATE, now)
+        t.key[tslot] = tkey
+        t.iplan[tslot] = self._in_plan(picked, vkey)
+        t.templates[tkey] = tslot
+        self._tmpl[tslot] = [cfg.persistent, 0]
+        picked.persistconns += 1
+        t.schedule(tslot, now + cfg.persistent)
+        return picked, tslot
+
+    def _kill_template(self, tslot: int) -> None:
+        """Unlink an invalid template; it is freed now or with the last connection it controls."""
+        t = self.table
+        t.templates.pop(t.key[tslot], None)
+        t.flags[tslot] |= F_DEAD
+        if not self._tmpl[tslot][1]:
+            self._unbind(tslot)
 
     def _new_flow(self, j: int, buf: Any, off: int, key: bytes, proto: int, ttl: int, ipc: int,
                   l4c: int, ifin: int, now: float) -> None:
@@ -571,7 +729,7 @@ class Core(FastPath):
         has checked its headers).  New flows to a service are bound here without a full parse;
         anything else goes to the general slow path."""
         vkey = key[4:8] + key[10:12]
-        svc = self._svc_lookup.get((proto, vkey))
+        svc = self._find_service(proto, vkey)
         if svc is None or ttl <= 1:
             self._slow(j, buf, off, self._len, ifin, now)
             return
@@ -589,6 +747,8 @@ class Core(FastPath):
         self.stats.bytes[si] += self._tl
         self.verdicts[j] = _FORWARD
         self.egress[j] = plan[xmit.P_EG]
+        if svc.config.ops and plan[xmit.P_KIND] != xmit.KIND_NAT:
+            self._unbind(slot)   # one-packet scheduling without replies to translate
 
     def _forward_in(self, j: int, buf: Any, f: Frame, slot: int, now: float) -> None:
         t = self.table
@@ -668,7 +828,8 @@ class Core(FastPath):
             return
         if nat:
             if f.ttl <= 1:
-                self._time_exceeded(j, buf, f, ifin, now)
+                # No ICMP error about an ICMP error (RFC 1122 3.2.2, RFC 1812 4.3.2.7).
+                self._drop(j, DropReason.TTL_EXCEEDED)
                 return
             self._nat_icmp(buf, f, plan, outbound)
         else:
@@ -706,7 +867,7 @@ class Core(FastPath):
         if coff + 2 <= f.l4_end:
             (c,) = _U16.unpack_from(buf, coff)
             if c or inner.proto == IPPROTO_TCP:
-                c = xmit.apply_delta(c, plan[xmit.P_DL4])
+                c = apply_delta(c, plan[xmit.P_DL4])
                 _U16.pack_into(buf, coff, c or (0xFFFF if inner.proto == IPPROTO_UDP else 0))
         _U16.pack_into(buf, f.l4 + 2, 0)
         _U16.pack_into(buf, f.l4 + 2, checksum(buf, f.l4, f.l4_end))

@@ -17,12 +17,16 @@ if TYPE_CHECKING:
 
 
 class Proto(IntEnum):
+    FWM = 0     # a service group ("firewall-mark service"): matches its member entries
     TCP = 6
     UDP = 17
 
     @property
     def label(self) -> str:
         return self.name
+
+
+GroupMember = tuple[Proto, ipaddress.IPv4Address, int]
 
 
 class FwdMethod(Enum):
@@ -54,9 +58,27 @@ class ServiceConfig:
     persistent: int | None = None          # persistence timeout in seconds, None = off
     netmask: ipaddress.IPv4Address = ipaddress.IPv4Address("255.255.255.255")
     ops: bool = False                      # one-packet scheduling (UDP only)
+    fwmark: int = 0                        # service group number (proto FWM only)
+    members: tuple[GroupMember, ...] = ()  # (proto, vaddr, vport) entries of a group; vport 0 = any
 
     def __post_init__(self) -> None:
         _check_port("vport", self.vport)
+        if self.persistent is not None and not 1 <= self.persistent <= 2**31 - 1:
+            raise ValueError(f"persistence timeout {self.persistent} out of range 1..{2**31 - 1}")
+        if self.proto == Proto.FWM:
+            if not 1 <= self.fwmark <= 2**32 - 1:
+                raise ValueError(f"service group (fwmark) number {self.fwmark} out of range 1..4294967295")
+            if not self.members:
+                raise ValueError(f"service group {self.fwmark} has no members")
+            for proto, _vaddr, vport in self.members:
+                if proto not in (Proto.TCP, Proto.UDP):
+                    raise ValueError("service group members must be TCP or UDP entries")
+                _check_port("member port", vport)
+            if self.ops and any(m[0] != Proto.UDP for m in self.members):
+                raise ValueError("one-packet scheduling (ops) is for UDP services only")
+            return
+        if self.fwmark or self.members:
+            raise ValueError("fwmark and members are only for service groups (proto FWM)")
         if self.ops and self.proto != Proto.UDP:
             raise ValueError("one-packet scheduling (ops) is for UDP services only")
         if self.vport == 0 and self.persistent is None:
@@ -64,7 +86,16 @@ class ServiceConfig:
 
     @property
     def key(self) -> tuple[Proto, ipaddress.IPv4Address, int]:
+        """(proto, vaddr, vport); a service group is (FWM, 0.0.0.0, fwmark)."""
+        if self.proto == Proto.FWM:
+            return (Proto.FWM, ipaddress.IPv4Address(0), self.fwmark)
         return (self.proto, self.vaddr, self.vport)
+
+    def entries(self) -> tuple[GroupMember, ...]:
+        """The (proto, vaddr, vport) entries this service answers."""
+        if self.proto == Proto.FWM:
+            return self.members
+        return ((self.proto, self.vaddr, self.vport),)
 
 
 @dataclass(frozen=True, slots=True)

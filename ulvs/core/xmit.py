@@ -32,7 +32,8 @@ from typing import Any
 from ulvs.packet.checksum import TTL_DEC_DELTA, apply_delta, delta, words
 from ulvs.packet.layouts import IPPROTO_TCP, IPPROTO_UDP
 
-P_KIND, P_EG, P_L2, P_AOFF, P_A4, P_POFF, P_PORT, P_DIP, P_DL4, P_DPART, P_SI, P_DEST, P_OKA, P_OKP = range(14)
+(P_KIND, P_EG, P_L2, P_AOFF, P_A4, P_POFF, P_PORT, P_DIP, P_DL4, P_DPART, P_SI, P_DEST, P_OKA,
+ P_OKP) = range(14)
 KIND_DR = 0
 KIND_NAT = 1
 NO_L2 = bytes(12)

@@ -9,8 +9,11 @@ direction), ``D = fold(sum(~m) + sum(m'))`` is computed once and stored; each pa
 ``ttl << 8 | proto`` by -0x0100, which is the constant ``~0x0100 = 0xFEFF`` in the same sum.
 """
 
+import mmap
 import sys
 from collections.abc import Iterable
+
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 
 _LITTLE = sys.byteorder == "little"
 
@@ -25,7 +28,7 @@ def fold(s: int) -> int:
     return s
 
 
-def raw_sum(data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None) -> int:
+def raw_sum(data: Buffer, start: int = 0, end: int | None = None) -> int:
     """One's complement sum (unfolded) of the 16-bit big-endian words of data[start:end]."""
     mv = memoryview(data)[start:end]
     n = len(mv)
@@ -42,13 +45,13 @@ def raw_sum(data: bytes | bytearray | memoryview, start: int = 0, end: int | Non
     return total
 
 
-def checksum(data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None,
+def checksum(data: Buffer, start: int = 0, end: int | None = None,
              initial: int = 0) -> int:
     """The Internet checksum of data[start:end] plus an initial sum (e.g. a pseudo-header)."""
     return ~fold(raw_sum(data, start, end) + initial) & 0xFFFF
 
 
-def verify(data: bytes | bytearray | memoryview, start: int = 0, end: int | None = None,
+def verify(data: Buffer, start: int = 0, end: int | None = None,
            initial: int = 0) -> bool:
     """True when the region (checksum field included) sums to 0xFFFF."""
     return fold(raw_sum(data, start, end) + initial) == 0xFFFF
