@@ -102,6 +102,7 @@ class Core:
         self._svc_lookup: dict[tuple[int, bytes], Service] = {}
         self.vips: set[bytes] = set()
         self.masq_addrs: set[bytes] = set()       # addresses of masq dests (NAT replies come from)
+        self.local_addrs: set[bytes] = set()      # the director's own addresses (traffic to them passes)
         self._masq_ports: set[bytes] = set()      # their daddr|dport endpoints
         self._trash: dict[tuple[ServiceKey, ipaddress.IPv4Address, int], Dest] = {}
         self._in_plans: dict[tuple[int, bytes], list[Any]] = {}
@@ -265,6 +266,10 @@ class Core:
         for plan in self._plans_by_daddr.get(a, ()):
             if plan[xmit.P_EG] != -2:
                 xmit.set_l2(plan, egress, dst_mac, src_mac)
+
+    def set_local_addrs(self, addrs: Iterable[str | ipaddress.IPv4Address]) -> None:
+        """The director's own addresses: a real server's packets to them are not NAT replies."""
+        self.local_addrs = {ipaddress.IPv4Address(a).packed for a in addrs}
 
     def set_interface(self, ifindex: int, mac: bytes, addr: ipaddress.IPv4Address | None) -> None:
         """An interface of the director, used as the source of ICMP errors it originates."""
@@ -469,10 +474,20 @@ class Core:
     # ======================================================================================
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` next has work, or None."""
-        return self.table.next_deadline()
+        deadline = self.table.next_deadline()
+        for svc in self.services.values():
+            d = svc.scheduler.next_deadline()
+            if d is not None and (deadline is None or d < deadline):
+                deadline = d
+        return deadline
 
     def handle_timer(self, now: float) -> int:
-        """Expire every connection whose timeout has passed; returns how many expired."""
+        """Expire every connection whose timeout has passed; returns how many expired.
+        Schedulers whose state ages (lblc's cache) get their timer here too."""
+        for svc in self.services.values():
+            d = svc.scheduler.next_deadline()
+            if d is not None and d <= now:
+                svc.scheduler.handle_timer(now)
         t = self.table
         timeouts, state, seen = self.timeouts, t.state, t.seen
         expired = 0
@@ -624,7 +639,7 @@ class Core:
                 return
         svc = self._find_service(f.proto, f.daddr + _U16.pack(f.dport))
         if svc is None:
-            if f.saddr + _U16.pack(f.sport) in self._masq_ports:
+            if f.saddr + _U16.pack(f.sport) in self._masq_ports and f.daddr not in self.local_addrs:
                 self._drop(j, DropReason.NO_CONN)   # a NAT reply without a connection
             else:
                 self.verdicts[j] = _PASS
@@ -650,6 +665,7 @@ class Core:
         caddr, vaddr, cport, vport = _KEY.unpack(key)
         cfg = svc.config
         tslot = -1
+        svc.scheduler.now = now
         if cfg.persistent is None:
             dest = svc.scheduler.schedule(caddr, cport, vaddr, vport)
         else:

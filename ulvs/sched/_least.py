@@ -12,9 +12,12 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from heapq import heapify, heappop, heappush, heapreplace
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import Scheduler
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 # Float keys h/w order exactly like the integer test h1*w2 > h2*w1 while h*w stays below 2**52:
 # distinct ratios then differ by at least 1/(w1*w2), more than one ulp, and equal ratios round to

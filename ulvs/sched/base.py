@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from ulvs.core.model import Dest
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 KNOWN_FLAGS = frozenset({"flag-1", "flag-2", "flag-3", "sh-fallback", "sh-port", "mh-fallback", "mh-port"})
 
@@ -30,6 +31,15 @@ class Scheduler(ABC):
     def __init__(self, flags: frozenset[str] = frozenset()) -> None:
         self.flags = flags
         self.dests: Sequence[Dest] = ()
+        self.now = 0.0   # set by the core before every schedule() call
+
+    # -- time (schedulers with state that ages, e.g. lblc's cache) -----------------------------
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` next has work, or None."""
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        self.now = now
 
     # -- dest hooks (ip_vs_scheduler add_dest / del_dest / upd_dest) --------------------------
     def add_dest(self, dests: Sequence[Dest], dest: Dest) -> None:

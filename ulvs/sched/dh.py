@@ -10,10 +10,13 @@ no fallback).  The table only changes when dests are added or deleted.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import Scheduler, register
 from ulvs.sched.sh import GOLDEN, TAB_SIZE
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 _M32 = 0xFFFFFFFF
 

@@ -8,9 +8,12 @@ only depends on weights and overload flags, so it is cached and recomputed in th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import Scheduler, register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class WeightedFailover(Scheduler):

@@ -16,10 +16,13 @@ time stamped on entries by ``schedule``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import register
 from ulvs.sched.wlc import WeightedLeastConnection
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 DEFAULT_EXPIRATION = 24 * 60 * 60.0     # sysctl lblc_expiration / lblcr_expiration
 ENTRY_TIMEOUT = 6 * 60.0                # IPVS ENTRY_TIMEOUT: idle entries dropped when oversized

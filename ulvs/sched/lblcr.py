@@ -11,7 +11,8 @@ the set (at the front, as list_add does).  Unused entries expire in ``handle_tim
 
 from __future__ import annotations
 
-from ulvs.core.model import Dest
+from typing import TYPE_CHECKING
+
 from ulvs.sched.base import register
 from ulvs.sched.lblc import (
     CHECK_EXPIRE_INTERVAL,
@@ -20,6 +21,9 @@ from ulvs.sched.lblc import (
     ENTRY_TIMEOUT,
     LocalityBase,
 )
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class _SetEntry:

@@ -7,9 +7,13 @@ in a heap keyed by (overhead, position) and updated from ``conn_changed``/``upd_
 
 from __future__ import annotations
 
-from ulvs.core.model import Dest
+from typing import TYPE_CHECKING
+
 from ulvs.sched._least import IndexedScheduler
 from ulvs.sched.base import register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class LeastConnection(IndexedScheduler):

@@ -24,9 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from hashlib import blake2b
 from math import gcd
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import Scheduler, SchedulerError, register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 PRIMES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
 # > 100 x dests (the Maglev paper's bound for <= 1% imbalance) for up to 655 dests.

@@ -8,11 +8,14 @@ the first.  Two lazy heaps: idle dests keyed by position, and the sed ratio.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched._least import LazyArgmin
 from ulvs.sched.base import register
 from ulvs.sched.sed import ShortestExpectedDelay
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class NeverQueue(ShortestExpectedDelay):

@@ -8,9 +8,13 @@ Kept as a lazy heap keyed by (-weight, position); eligibility changes in ``conn_
 
 from __future__ import annotations
 
-from ulvs.core.model import Dest
+from typing import TYPE_CHECKING
+
 from ulvs.sched._least import IndexedScheduler
 from ulvs.sched.base import register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class WeightedOverflow(IndexedScheduler):

@@ -8,9 +8,12 @@ its predecessor so the rotation continues where it was.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import Scheduler, register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class RoundRobin(Scheduler):

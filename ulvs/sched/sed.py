@@ -8,10 +8,13 @@ not count.  Kept as a heap keyed by (ratio, position), updated from the hooks.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched._least import EXACT_OVERHEAD_LIMIT, IndexedScheduler
 from ulvs.sched.base import register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class ShortestExpectedDelay(IndexedScheduler):

@@ -13,9 +13,12 @@ refresh the precomputed fallback answer per probe start.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import Scheduler, register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 TAB_BITS = 8
 TAB_SIZE = 1 << TAB_BITS

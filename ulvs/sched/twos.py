@@ -14,9 +14,12 @@ import random
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import Scheduler, register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class TwoRandomChoices(Scheduler):

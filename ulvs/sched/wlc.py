@@ -10,10 +10,13 @@ in list order, and weight 0 never wins.  The argmin is kept in a heap keyed by (
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched._least import EXACT_OVERHEAD_LIMIT, IndexedScheduler
 from ulvs.sched.base import register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 
 class WeightedLeastConnection(IndexedScheduler):

@@ -20,9 +20,12 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from math import gcd
+from typing import TYPE_CHECKING
 
-from ulvs.core.model import Dest
 from ulvs.sched.base import Scheduler, register
+
+if TYPE_CHECKING:
+    from ulvs.core.model import Dest
 
 _HEAD = -1      # cursor value for the list head (before the first dest)
 _NONE = -2      # no stop dest
