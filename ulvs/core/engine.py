@@ -56,6 +56,7 @@ _DROP, _FORWARD, _PASS = int(Verdict.DROP), int(Verdict.FORWARD), int(Verdict.PA
 _REASON_BY_LABEL = {r.label: r for r in DropReason}
 _EVICT_ON_ENTRY = (TcpState.SYN_RECV, TcpState.CLOSE, TcpState.TIME_WAIT)
 _REUSABLE = (TcpState.TIME_WAIT, TcpState.CLOSE)   # conn_reuse_mode: a new SYN may reschedule
+_NO_PARTIAL = bytes(4096)
 
 
 class CoreError(ValueError):
@@ -124,6 +125,7 @@ class Core:
         self._ifin = 0
         self._len = 0
         self._tl = 0
+        self._partial: Any = _NO_PARTIAL
 
     # ======================================================================================
     # Control plane (call between batches)
@@ -571,16 +573,23 @@ class Core:
     # ======================================================================================
     # Packet path
     # ======================================================================================
-    def process_batch(self, bufs: Any, offs: Any, lens: Any, ifins: Any, count: int, now: float) -> None:
+    def process_batch(self, bufs: Any, offs: Any, lens: Any, ifins: Any, count: int, now: float,
+                      partial: Any = None) -> None:
         """Decide frames 0..count-1; frame j is bufs[j][offs[j]:offs[j]+lens[j]], received on
         interface ifins[j].  Results: ``verdicts[j]``, ``egress[j]``, ``reasons[j]`` (drops);
-        frames the core originates (ICMP errors) are appended to ``emitted``."""
+        frames the core originates (ICMP errors) are appended to ``emitted``.
+
+        ``partial[j]`` true: frame j's TCP/UDP checksum field holds a CHECKSUM_PARTIAL seed
+        (virtio_net_hdr NEEDS_CSUM), which is moved by the address delta only."""
         if count > self.batch_max:
             self.batch_max = count
             self.verdicts = bytearray(count)
             self.egress = array("l", [0]) * count
             self.reasons = bytearray(count)
-        _fast_process_batch(self, bufs, offs, lens, ifins, count, now)
+        if partial is None:
+            partial = _NO_PARTIAL if count <= len(_NO_PARTIAL) else bytes(count)
+        self._partial = partial
+        _fast_process_batch(self, bufs, offs, lens, ifins, count, now, partial)
 
     def process(self, frame: bytearray, ifin: int, now: float) -> tuple[Verdict, int, DropReason | None]:
         """Run one frame through the batch path; returns (verdict, egress, drop reason)."""
@@ -757,7 +766,7 @@ class Core:
             self.unresolved.add(plan[xmit.P_DEST].config.daddr.packed)
             self._drop(j, DropReason.NEIGH_UNRESOLVED)
             return
-        xmit.rewrite_plain(buf, off, proto, plan, ttl, ipc, l4c)
+        xmit.rewrite_plain(buf, off, proto, plan, ttl, ipc, l4c, bool(self._partial[j]))
         si = plan[xmit.P_SI]
         self.stats.pkts[si] += 1
         self.stats.bytes[si] += self._tl
@@ -795,7 +804,7 @@ class Core:
         if nat and f.ttl <= 1:
             self._time_exceeded(j, buf, f, self._ifin, now)
             return
-        xmit.rewrite(buf, f.off, f.l3, f.l4, f.proto, plan)
+        xmit.rewrite(buf, f.off, f.l3, f.l4, f.proto, plan, bool(self._partial[j]))
         self.table.last[slot] = self.table.ticks(now)
         si = plan[xmit.P_SI]
         self.stats.pkts[si] += 1

@@ -35,7 +35,7 @@ _S12 = struct.Struct("12s")
 
 
 def process_batch(self: Core, bufs: Any, offs: Any, lens: Any, ifins: Any, count: int,
-                  now: float) -> None:
+                  now: float, partial: Any) -> None:
     """The body of ``Core.process_batch`` (see there); ``self`` is the Core."""
     t = self.table
     tcp_in, tcp_out, udp_in, udp_out = t.tcp_in, t.tcp_out, t.udp_in, t.udp_out
@@ -89,8 +89,12 @@ def process_batch(self: Core, bufs: Any, offs: Any, lens: Any, ifins: Any, count
                 pack_bbh(buf, off + 22, ttl - 1, 6, ((c & 0xFFFF) + (c >> 16)) ^ 0xFFFF)
                 pack4(buf, off + 14 + ao, a4)
                 pack_u16(buf, off + 34 + po, port)
-                c = (tc ^ 0xFFFF) + dl4
-                pack_u16(buf, off + 50, ((c & 0xFFFF) + (c >> 16)) ^ 0xFFFF)
+                if partial[j]:   # CHECKSUM_PARTIAL seed: add the address words only
+                    c = tc + _dp
+                    pack_u16(buf, off + 50, (c & 0xFFFF) + (c >> 16))
+                else:
+                    c = (tc ^ 0xFFFF) + dl4
+                    pack_u16(buf, off + 50, ((c & 0xFFFF) + (c >> 16)) ^ 0xFFFF)
         elif pr == 17:
             i = udp_in.get(key)
             if i is None:
@@ -120,7 +124,10 @@ def process_batch(self: Core, bufs: Any, offs: Any, lens: Any, ifins: Any, count
                 pack_bbh(buf, off + 22, ttl - 1, 17, ((c & 0xFFFF) + (c >> 16)) ^ 0xFFFF)
                 pack4(buf, off + 14 + ao, a4)
                 pack_u16(buf, off + 34 + po, port)
-                if uc:
+                if partial[j]:
+                    c = uc + _dp
+                    pack_u16(buf, off + 40, (c & 0xFFFF) + (c >> 16))
+                elif uc:
                     c = (uc ^ 0xFFFF) + dl4
                     c = ((c & 0xFFFF) + (c >> 16)) ^ 0xFFFF
                     pack_u16(buf, off + 40, c or 0xFFFF)

@@ -69,7 +69,8 @@ def set_l2(plan: list[Any], egress: int, dst_mac: bytes, src_mac: bytes) -> None
     plan[P_L2] = dst_mac + src_mac
 
 
-def rewrite_plain(buf: Any, off: int, proto: int, plan: list[Any], ttl: int, ipc: int, l4c: int) -> None:
+def rewrite_plain(buf: Any, off: int, proto: int, plan: list[Any], ttl: int, ipc: int, l4c: int,
+                  partial: bool = False) -> None:
     """``rewrite`` for an untagged IPv4 frame without options whose TTL, IP checksum and L4
     checksum the caller already read (the new-flow entry from the fast path)."""
     if plan[P_KIND] == KIND_NAT:
@@ -77,7 +78,10 @@ def rewrite_plain(buf: Any, off: int, proto: int, plan: list[Any], ttl: int, ipc
         aoff = off + 14 + plan[P_AOFF]
         buf[aoff:aoff + 4] = plan[P_A4]
         _U16.pack_into(buf, off + 34 + plan[P_POFF], plan[P_PORT])
-        if proto == IPPROTO_TCP:
+        if partial:
+            s = l4c + plan[P_DPART]
+            _U16.pack_into(buf, off + (50 if proto == IPPROTO_TCP else 40), (s & 0xFFFF) + (s >> 16))
+        elif proto == IPPROTO_TCP:
             _U16.pack_into(buf, off + 50, apply_delta(l4c, plan[P_DL4]))
         elif l4c:  # UDP with a checksum
             _U16.pack_into(buf, off + 40, apply_delta(l4c, plan[P_DL4]) or 0xFFFF)
