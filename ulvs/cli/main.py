@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the forwarding core on generated traffic and show the result")
     demo.add_argument("--clients", type=_positive, default=60, help="client connections to open (default 60)")
     demo.add_argument("--seed", type=int, default=1, help="random seed for arrivals and hang-ups")
+    from ulvs.lab.cli import add_parser as add_lab_parser
+
+    add_lab_parser(sub)
     return p
 
 
@@ -39,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(run_demo(clients=args.clients, seed=args.seed))
         return 0
+    if args.command == "lab":
+        from ulvs.lab.cli import run as run_lab
+
+        return run_lab(args)
     parser.print_help()
     return 2
 
