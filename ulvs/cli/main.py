@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ulvs.lab.cli import add_parser as add_lab_parser
 
     add_lab_parser(sub)
+    from ulvs.runtime.cli import add_parser as add_run_parser
+
+    add_run_parser(sub)
     return p
 
 
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(run_demo(clients=args.clients, seed=args.seed))
         return 0
+    if args.command == "run":
+        from ulvs.runtime.cli import main as run_daemon
+
+        return run_daemon(args)
     if args.command == "lab":
         from ulvs.lab.cli import run as run_lab
 

@@ -104,6 +104,8 @@ class Core:
         self.vips: set[bytes] = set()
         self.masq_addrs: set[bytes] = set()       # addresses of masq dests (NAT replies come from)
         self.local_addrs: set[bytes] = set()      # the director's own addresses (traffic to them passes)
+        # Forwarding methods the dataplane can carry out (the tap backend cannot route by MAC).
+        self.allowed_methods: frozenset[FwdMethod] = frozenset({FwdMethod.MASQ, FwdMethod.DROUTE})
         self._masq_ports: set[bytes] = set()      # their daddr|dport endpoints
         self._trash: dict[tuple[ServiceKey, ipaddress.IPv4Address, int], Dest] = {}
         self._in_plans: dict[tuple[int, bytes], list[Any]] = {}
@@ -187,8 +189,7 @@ class Core:
 
     def add_dest(self, key: ServiceKey, cfg: DestConfig) -> Dest:
         svc = self.get_service(key)
-        if cfg.method == FwdMethod.TUNNEL:
-            raise CoreError("the tunnel forwarding method is not supported yet; use masq or droute")
+        self._check_method(cfg.method)
         if svc.find(cfg.daddr, cfg.dport) is not None:
             raise CoreError(f"dest {cfg.daddr}:{cfg.dport} already exists in {_svc_name(svc.config)}")
         dest = self._trash.pop((key, cfg.daddr, cfg.dport), None)
@@ -210,8 +211,7 @@ class Core:
         dest = svc.find(cfg.daddr, cfg.dport)
         if dest is None:
             raise CoreError(f"no dest {cfg.daddr}:{cfg.dport} in {_svc_name(svc.config)}")
-        if cfg.method == FwdMethod.TUNNEL:
-            raise CoreError("the tunnel forwarding method is not supported yet; use masq or droute")
+        self._check_method(cfg.method)
         method_changed = cfg.method != dest.config.method
         dest.config = cfg
         dest.weight = cfg.weight
@@ -223,6 +223,14 @@ class Core:
             self._refresh_masq()
         svc.scheduler.upd_dest(svc.dests, dest)
         return dest
+
+    def _check_method(self, method: FwdMethod) -> None:
+        if method == FwdMethod.TUNNEL:
+            raise CoreError("the tunnel forwarding method is not supported yet; use masq or droute")
+        if method not in self.allowed_methods:
+            allowed = " or ".join(sorted(m.value for m in self.allowed_methods))
+            raise CoreError(f"forwarding method {method.value} is not available with this dataplane "
+                            f"backend; use {allowed}")
 
     def del_dest(self, key: ServiceKey, daddr: ipaddress.IPv4Address, dport: int) -> None:
         svc = self.get_service(key)

@@ -1,0 +1,435 @@
+"""``ulvs run``: the director daemon (a thin shell around the core).
+
+It attaches to interfaces: a ring per interface, and the nftables ingress table that hides
+ulvs's traffic from the host stack. It loads the configuration, then runs one event loop
+(uvloop) that:
+* drains the rings: ring blocks go to ``Core.process_batch`` and forwarded frames are sent
+  straight out of the ring;
+* arms one timer from ``Core.next_deadline()``;
+* serves the control socket (newline-delimited JSON, ``ulvs.runtime.control``);
+* keeps next hops resolved;
+* reacts to SIGTERM/SIGINT (clean shutdown) and SIGHUP (reload by diff).
+
+Everything it added to the kernel is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ulvs.core import Core, FwdMethod
+from ulvs.io.afpacket import PacketRing, RingError, has_capability
+from ulvs.io.base import Port
+from ulvs.io.tap import TapError, TapPort
+from ulvs.runtime.kernel import (
+    KernelError,
+    KernelState,
+    TapSteering,
+    interception_for,
+    ip_forwarding,
+    local_addresses,
+)
+from ulvs.runtime.neigh import Egress, Resolver
+
+log = logging.getLogger("ulvs")
+
+DEFAULT_SOCKET = Path("/run/ulvs/ulvs.sock")
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+
+
+class DaemonError(Exception):
+    """Cannot start: the message is for the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Options:
+    config: Path | None = None
+    interfaces: list[str] = field(default_factory=list)
+    backend: str = "afpacket"
+    control_socket: Path = DEFAULT_SOCKET
+    conn_limit: int = 1_000_000
+
+
+def check_privileges() -> None:
+    for cap, name in ((CAP_NET_RAW, "CAP_NET_RAW"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")):
+        if not has_capability(cap):
+            raise DaemonError(f"ulvs run needs {name} (run as root or grant the capability)")
+
+
+def up_interfaces() -> list[str]:
+    """UP, non-loopback interfaces of this network namespace."""
+    names = []
+    for _idx, name in socket.if_nameindex():
+        try:
+            flags = int(Path(f"/sys/class/net/{name}/flags").read_text(), 16)
+        except OSError:
+            continue
+        if flags & 0x1 and not flags & 0x8:   # IFF_UP, not IFF_LOOPBACK
+            names.append(name)
+    return names
+
+
+class Daemon:
+    def __init__(self, opts: Options, load_config: Callable[[Path], list[dict[str, Any]]]) -> None:
+        self.opts = opts
+        self.load_config = load_config
+        self.core = Core(conn_limit=opts.conn_limit)
+        self.ports: dict[int, Port] = {}
+        self.kernel: KernelState | None = None
+        self.steering: TapSteering | None = None
+        self.tap: TapPort | None = None
+        self.resolver: Resolver | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        from ulvs.runtime.control import RateEstimator
+
+        self.estimator = RateEstimator()
+        self._server: asyncio.AbstractServer | None = None
+        self._socket_made = False
+
+    # -- start / stop ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Attach and configure; on any failure, undo what was done and raise DaemonError."""
+        check_privileges()
+        if self.opts.backend not in ("afpacket", "tap"):
+            raise DaemonError(f"unknown backend {self.opts.backend!r}; use afpacket or tap")
+        requests = self.load_config(self.opts.config) if self.opts.config else []
+        names = self.opts.interfaces or up_interfaces()
+        if self.opts.backend == "afpacket" and not names:
+            raise DaemonError("no interface to attach to: none is UP (give --interface)")
+        try:
+            if self.opts.backend == "tap":
+                self._attach_tap()
+            else:
+                self._attach(names)
+            self._apply_requests(requests, "configuration")
+            self._sync_kernel()
+            self._resolve_all()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _attach(self, names: list[str]) -> None:
+        addrs = _interface_addrs()
+        for name in names:
+            try:
+                ring = PacketRing(name)
+            except RingError as e:
+                raise DaemonError(f"cannot attach to {name}: {e.strerror or e}") from None
+            except PermissionError:
+                raise DaemonError("ulvs run needs CAP_NET_RAW (run as root)") from None
+            self.ports[ring.ifindex] = ring
+            addr = addrs.get(name)
+            self.core.set_interface(ring.ifindex, ring.mac, addr)
+            log.info("attached to %s (ifindex %d, %s)", name, ring.ifindex, ring.mac.hex(":"))
+        self.kernel = KernelState(sorted(p.ifname for p in self.ports.values()))
+        self.resolver = Resolver(
+            egress={i: Egress(i, p.mac, addrs[p.ifname].packed if p.ifname in addrs else None,
+                              p.send_frame) for i, p in self.ports.items()},
+            set_neighbor=self.core.set_neighbor)
+
+    def _attach_tap(self) -> None:
+        if not ip_forwarding():
+            raise DaemonError("the tap backend needs net.ipv4.ip_forward=1: the kernel routes "
+                              "VIP traffic into the TAP and the rewritten packets out of it")
+        try:
+            tap = TapPort(f"ulvs{os.getpid() % 100000}")
+        except TapError as e:
+            raise DaemonError(f"{e.strerror} (needs CAP_NET_ADMIN and /dev/net/tun)") from None
+        self.tap = tap
+        self.ports[tap.ifindex] = tap
+        # Packets come back from the TAP with a client's source address: no reverse-path check
+        # on our own device (the setting goes away with the device).
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/ipv4/conf/{tap.ifname}/rp_filter").write_text("0")
+        self.core.allowed_methods = frozenset({FwdMethod.MASQ})
+        self.steering = TapSteering(tap.ifindex, tap.ifname)
+        log.info("tap backend on %s (ifindex %d); policy routing table %d", tap.ifname, tap.ifindex,
+                 self.steering.table)
+
+    def _apply_requests(self, requests: list[dict[str, Any]], what: str) -> None:
+        from ulvs.runtime.control import apply_request
+
+        if not requests:
+            return
+        reply = apply_request(self.core, {"cmd": "batch", "requests": requests}, time.monotonic())
+        if not reply.get("ok"):
+            raise DaemonError(f"{what} rejected: {reply.get('error')}")
+
+    def _sync_kernel(self) -> None:
+        local = set(local_addresses())
+        ic = interception_for(self.core.services.values(), local)
+        try:
+            if self.kernel is not None:
+                self.kernel.apply(ic)
+            if self.steering is not None:
+                self.steering.apply(ic)
+        except KernelError as e:
+            raise DaemonError(str(e)) from None
+        self.core.set_local_addrs(local)
+
+    def _resolve_all(self) -> None:
+        addrs = {d.config.daddr.packed for s in self.core.services.values() for d in s.dests}
+        addrs |= self.core.unresolved
+        self.core.unresolved.clear()
+        if self.tap is not None:
+            # Everything leaves through the kernel side of the TAP, which routes it on.
+            for a in addrs:
+                self.core.set_neighbor(a, self.tap.ifindex, self.tap.kernel_mac, self.tap.mac)
+        elif self.resolver is not None:
+            self.resolver.resolve(addrs)
+
+    def shutdown(self) -> None:
+        """Remove every kernel object ulvs added and close every socket. Idempotent."""
+        if self.kernel is not None:
+            try:
+                self.kernel.remove()
+            except KernelError as e:
+                log.error("could not remove nft table %s: %s", self.kernel.table, e)
+        if self.steering is not None:
+            self.steering.remove()
+        for port in self.ports.values():
+            port.close()
+        self.ports.clear()
+        if self._socket_made:
+            with contextlib.suppress(FileNotFoundError):
+                self.opts.control_socket.unlink()
+            self._socket_made = False
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for port in self.ports.values():
+            loop.add_reader(port.fileno(), self._on_rx, port)
+        await self._serve_control()
+        self._arm_timer()
+        housekeeping = asyncio.ensure_future(self._housekeeping())
+        log.info("ulvs running: %d service(s), control socket %s", len(self.core.services),
+                 self.opts.control_socket)
+        try:
+            await stop.wait()
+        finally:
+            housekeeping.cancel()
+            for port in list(self.ports.values()):
+                loop.remove_reader(port.fileno())
+            if self._server is not None:
+                self._server.close()
+            log.info("ulvs stopping")
+
+    def _on_rx(self, port: Port) -> None:
+        core, ports, resolver, tap = self.core, self.ports, self.resolver, self.tap
+        now = time.monotonic()
+        for b in port.batches():
+            n = b.count
+            bufs, offs, lens, vnet = b.bufs, b.offs, b.lens, b.vnet
+            core.process_batch(bufs, offs, lens, b.ifins, n, now, b.partial)
+            verdicts, egress = core.verdicts, core.egress
+            for j in range(n):
+                v = verdicts[j]
+                if v == 1:
+                    out = ports.get(egress[j])
+                    if out is not None:
+                        out.transmit(bufs[j], vnet[j], offs[j], lens[j])
+                elif v == 2:
+                    buf, off = bufs[j], offs[j]
+                    if buf[off + 12] == 0x08 and buf[off + 13] == 0x06:
+                        if tap is not None and port is tap:
+                            tap.answer_arp(buf, off, lens[j])
+                        elif resolver is not None:
+                            resolver.learn(memoryview(buf)[off:off + lens[j]], port.ifindex)
+                    # Anything else passed on a ring is already the kernel's; on the TAP it
+                    # was routed to us and is not ours: it ends here.
+        if core.emitted:
+            for frame, eg in core.emitted:
+                out = ports.get(eg)
+                if out is not None:
+                    out.send_frame(frame)
+            core.emitted.clear()
+        if core.unresolved:
+            asyncio.get_running_loop().call_soon(self._resolve_all)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(max(deadline, loop.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timer(time.monotonic())
+        self._arm_timer()
+
+    async def _housekeeping(self) -> None:
+        """Re-ask unanswered next hops every second; re-read all next hops every 30 s; feed the
+        rate estimator every 2 s (ipvsadm --rate)."""
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            if tick % 2 == 0:
+                self.estimator.tick(self.core)
+            if self.resolver is not None:
+                self.resolver.retry()
+                if tick % 30 == 0:
+                    self.resolver.known.clear()
+                    self._resolve_all()
+            self._check_interfaces()
+
+    def _check_interfaces(self) -> None:
+        """Detach interfaces that disappeared; the others keep serving."""
+        gone = [i for i, p in self.ports.items() if not Path(f"/sys/class/net/{p.ifname}").exists()]
+        if not gone:
+            return
+        loop = asyncio.get_running_loop()
+        for i in gone:
+            port = self.ports.pop(i)
+            log.warning("interface %s disappeared: detached", port.ifname)
+            with contextlib.suppress(Exception):
+                loop.remove_reader(port.fileno())
+            port.close()
+            if self.resolver is not None:
+                self.resolver.egress.pop(i, None)
+        if self.kernel is not None:
+            self.kernel.interfaces = sorted(p.ifname for p in self.ports.values())
+            try:
+                self._sync_kernel()
+            except DaemonError as e:
+                log.error("%s", e)
+
+    # -- control socket -------------------------------------------------------------------------
+    async def _serve_control(self) -> None:
+        path = self.opts.control_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if _socket_alive(path):
+                raise DaemonError(f"another ulvs is serving the control socket {path}")
+            path.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._client, path=str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        self._socket_made = True
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from ulvs.runtime.control import apply_request
+
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                except ValueError as e:
+                    reply: dict[str, Any] = {"ok": False, "error": f"bad JSON: {e}"}
+                else:
+                    reply = apply_request(self.core, req, time.monotonic(), estimator=self.estimator) \
+                        if isinstance(req, dict) else {"ok": False, "error": "a request is a JSON object"}
+                    if reply.get("ok") and req.get("cmd") not in ("snapshot", "get_timeouts"):
+                        self._after_change()
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def _after_change(self) -> None:
+        try:
+            self._sync_kernel()
+        except DaemonError as e:
+            log.error("%s", e)
+        self._resolve_all()
+
+    # -- reload ---------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and apply only the differences."""
+        if self.opts.config is None:
+            log.info("SIGHUP: no configuration file to reload")
+            return
+        from ulvs.runtime.control import diff_requests
+
+        try:
+            wanted = self.load_config(self.opts.config)
+            changes = diff_requests(self.core, wanted)
+            self._apply_requests(changes, "reload")
+        except (DaemonError, ValueError, OSError) as e:
+            log.error("reload of %s failed, configuration unchanged: %s", self.opts.config, e)
+            return
+        self._after_change()
+        log.info("reloaded %s: %d change(s)", self.opts.config, len(changes))
+
+
+def _socket_alive(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _interface_addrs() -> dict[str, Any]:
+    """First IPv4 address of each interface, by name."""
+    import ipaddress
+
+    from pyroute2 import IPRoute
+
+    out: dict[str, Any] = {}
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr(family=2):
+            name = names.get(a["index"])
+            if name and name not in out:
+                out[name] = ipaddress.IPv4Address(a.get_attr("IFA_ADDRESS"))
+    return out
+
+
+def run(opts: Options, load_config: Callable[[Path], list[dict[str, Any]]]) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status."""
+    daemon = Daemon(opts, load_config)
+    try:
+        daemon.start()
+    except DaemonError as e:
+        log.error("%s", e)
+        return e.code
+    try:
+        try:
+            import uvloop
+
+            runner: Callable[[Any], Any] = uvloop.run
+        except ImportError:   # uvloop is a dependency; plain asyncio keeps tools usable without it
+            runner = asyncio.run
+        runner(daemon.run())
+    except DaemonError as e:
+        log.error("%s", e)
+        return e.code
+    finally:
+        daemon.shutdown()
+    return 0
