@@ -1,1 +1,1 @@
-"""L5 command lines: ``ulvs`` and (with the dataplane) ``ulvsadm``."""
+"""L5 command lines: ``ulvs`` (demo, lab, run) and ``ulvsadm`` (ipvsadm-compatible client)."""

@@ -16,6 +16,7 @@ Everything it added to the kernel is removed on the way out.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -99,6 +100,12 @@ class Daemon:
         from ulvs.runtime.control import RateEstimator
 
         self.estimator = RateEstimator()
+        # Netlink work (pyroute2) and nft runs on one thread of its own: pyroute2's synchronous
+        # API cannot run inside the event loop, and nothing slow may block the dataplane.
+        self._nl = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._change_lock: asyncio.Lock | None = None
+        self._resolving = False
         self._server: asyncio.AbstractServer | None = None
         self._socket_made = False
 
@@ -141,7 +148,14 @@ class Daemon:
         self.resolver = Resolver(
             egress={i: Egress(i, p.mac, addrs[p.ifname].packed if p.ifname in addrs else None,
                               p.send_frame) for i, p in self.ports.items()},
-            set_neighbor=self.core.set_neighbor)
+            set_neighbor=self._set_neighbor)
+
+    def _set_neighbor(self, addr: bytes, egress: int, dst_mac: bytes, src_mac: bytes) -> None:
+        """Resolver results reach the core on the loop's thread (the core is single-threaded)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.core.set_neighbor, addr, egress, dst_mac, src_mac)
+        else:
+            self.core.set_neighbor(addr, egress, dst_mac, src_mac)
 
     def _attach_tap(self) -> None:
         if not ip_forwarding():
@@ -172,8 +186,12 @@ class Daemon:
             raise DaemonError(f"{what} rejected: {reply.get('error')}")
 
     def _sync_kernel(self) -> None:
+        """Start-up (no loop yet): bring the kernel in line with the configuration."""
         local = set(local_addresses())
-        ic = interception_for(self.core.services.values(), local)
+        self._apply_kernel(interception_for(self.core.services.values(), local))
+        self.core.set_local_addrs(local)
+
+    def _apply_kernel(self, ic: Any) -> None:
         try:
             if self.kernel is not None:
                 self.kernel.apply(ic)
@@ -181,18 +199,57 @@ class Daemon:
                 self.steering.apply(ic)
         except KernelError as e:
             raise DaemonError(str(e)) from None
-        self.core.set_local_addrs(local)
 
-    def _resolve_all(self) -> None:
+    def _wanted_hops(self) -> set[bytes]:
         addrs = {d.config.daddr.packed for s in self.core.services.values() for d in s.dests}
         addrs |= self.core.unresolved
         self.core.unresolved.clear()
+        return addrs
+
+    def _resolve_all(self) -> None:
+        """Start-up (no loop yet): next hops for every dest."""
+        addrs = self._wanted_hops()
         if self.tap is not None:
             # Everything leaves through the kernel side of the TAP, which routes it on.
             for a in addrs:
                 self.core.set_neighbor(a, self.tap.ifindex, self.tap.kernel_mac, self.tap.mac)
         elif self.resolver is not None:
             self.resolver.resolve(addrs)
+
+    async def _resolve_async(self) -> None:
+        addrs = self._wanted_hops()
+        if self.tap is not None:
+            for a in addrs:
+                self.core.set_neighbor(a, self.tap.ifindex, self.tap.kernel_mac, self.tap.mac)
+        elif self.resolver is not None and addrs:
+            await asyncio.get_running_loop().run_in_executor(self._nl, self.resolver.resolve, addrs)
+
+    def _schedule_resolve(self) -> None:
+        if self._resolving:
+            return
+        self._resolving = True
+
+        async def go() -> None:
+            try:
+                await self._resolve_async()
+            except Exception as e:  # noqa: BLE001 - keep serving; next housekeeping retries
+                log.error("next-hop resolution failed: %s", e)
+            finally:
+                self._resolving = False
+
+        asyncio.ensure_future(go())
+
+    async def _sync_kernel_async(self) -> None:
+        """After a change: re-read local addresses, replace the nft table / policy rules, and
+        resolve new dests -- on the netlink thread, one change at a time."""
+        assert self._change_lock is not None
+        async with self._change_lock:
+            loop = asyncio.get_running_loop()
+            local = set(await loop.run_in_executor(self._nl, local_addresses))
+            ic = interception_for(self.core.services.values(), local)
+            await loop.run_in_executor(self._nl, self._apply_kernel, ic)
+            self.core.set_local_addrs(local)
+            await self._resolve_async()
 
     def shutdown(self) -> None:
         """Remove every kernel object ulvs added and close every socket. Idempotent."""
@@ -206,6 +263,7 @@ class Daemon:
         for port in self.ports.values():
             port.close()
         self.ports.clear()
+        self._nl.shutdown(wait=True)
         if self._socket_made:
             with contextlib.suppress(FileNotFoundError):
                 self.opts.control_socket.unlink()
@@ -214,6 +272,8 @@ class Daemon:
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._change_lock = asyncio.Lock()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -265,7 +325,7 @@ class Daemon:
                     out.send_frame(frame)
             core.emitted.clear()
         if core.unresolved:
-            asyncio.get_running_loop().call_soon(self._resolve_all)
+            self._schedule_resolve()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -296,11 +356,11 @@ class Daemon:
             if self.resolver is not None:
                 self.resolver.retry()
                 if tick % 30 == 0:
-                    self.resolver.known.clear()
-                    self._resolve_all()
-            self._check_interfaces()
+                    self.resolver.forget()
+                    self._schedule_resolve()
+            await self._check_interfaces()
 
-    def _check_interfaces(self) -> None:
+    async def _check_interfaces(self) -> None:
         """Detach interfaces that disappeared; the others keep serving."""
         gone = [i for i, p in self.ports.items() if not Path(f"/sys/class/net/{p.ifname}").exists()]
         if not gone:
@@ -317,7 +377,7 @@ class Daemon:
         if self.kernel is not None:
             self.kernel.interfaces = sorted(p.ifname for p in self.ports.values())
             try:
-                self._sync_kernel()
+                await self._sync_kernel_async()
             except DaemonError as e:
                 log.error("%s", e)
 
@@ -350,7 +410,7 @@ class Daemon:
                     reply = apply_request(self.core, req, time.monotonic(), estimator=self.estimator) \
                         if isinstance(req, dict) else {"ok": False, "error": "a request is a JSON object"}
                     if reply.get("ok") and req.get("cmd") not in ("snapshot", "get_timeouts"):
-                        self._after_change()
+                        await self._after_change()
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -358,16 +418,18 @@ class Daemon:
         finally:
             writer.close()
 
-    def _after_change(self) -> None:
+    async def _after_change(self) -> None:
         try:
-            self._sync_kernel()
+            await self._sync_kernel_async()
         except DaemonError as e:
             log.error("%s", e)
-        self._resolve_all()
 
     # -- reload ---------------------------------------------------------------------------------
     def reload(self) -> None:
         """SIGHUP: re-read the configuration and apply only the differences."""
+        asyncio.ensure_future(self._reload())
+
+    async def _reload(self) -> None:
         if self.opts.config is None:
             log.info("SIGHUP: no configuration file to reload")
             return
@@ -380,7 +442,7 @@ class Daemon:
         except (DaemonError, ValueError, OSError) as e:
             log.error("reload of %s failed, configuration unchanged: %s", self.opts.config, e)
             return
-        self._after_change()
+        await self._after_change()
         log.info("reloaded %s: %d change(s)", self.opts.config, len(changes))
 
 

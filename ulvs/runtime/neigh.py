@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -39,6 +40,13 @@ class Resolver:
     set_neighbor: Callable[[bytes, int, bytes, bytes], None]
     pending: dict[bytes, tuple[int, set[bytes]]] = field(default_factory=dict)  # next hop -> (oif, addrs)
     known: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)          # addr -> (oif, mac)
+    # resolve() runs on the daemon's netlink thread, learn()/retry() on the loop's thread
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def forget(self) -> None:
+        """Drop what is known so the next resolve() reads everything again."""
+        with self.lock:
+            self.known.clear()
 
     def resolve(self, addrs: Iterable[bytes]) -> None:
         from pyroute2 import IPRoute
@@ -69,14 +77,17 @@ class Resolver:
             if mac and n["state"] & NUD_USABLE:
                 self._found(addr, oif, bytes.fromhex(mac.replace(":", "")))
                 return
-        waiting = self.pending.setdefault(hop, (oif, set()))[1]
-        waiting.add(addr)
+        with self.lock:
+            self.pending.setdefault(hop, (oif, set()))[1].add(addr)
         self._arp_request(eg, hop)
 
     def _found(self, addr: bytes, oif: int, mac: bytes) -> None:
-        if self.known.get(addr) != (oif, mac):
+        with self.lock:
+            if self.known.get(addr) == (oif, mac):
+                return
             self.known[addr] = (oif, mac)
-            eg = self.egress[oif]
+        eg = self.egress.get(oif)
+        if eg is not None:
             self.set_neighbor(addr, oif, mac, eg.mac)
             log.info("next hop for %s: %s on ifindex %d", ipaddress.IPv4Address(addr), mac.hex(":"), oif)
 
@@ -95,16 +106,19 @@ class Resolver:
         (_h, _p, _hl, _pl, op, sha, spa, _tha, _tpa) = ARP.unpack_from(frame, 14)
         if op not in (ARP_REPLY, ARP_REQUEST):
             return
-        entry = self.pending.get(bytes(spa))
-        if entry is None or entry[0] != ifindex:
-            return
-        del self.pending[bytes(spa)]
+        with self.lock:
+            entry = self.pending.get(bytes(spa))
+            if entry is None or entry[0] != ifindex:
+                return
+            del self.pending[bytes(spa)]
         for addr in entry[1]:
             self._found(addr, ifindex, bytes(sha))
 
     def retry(self) -> None:
         """Ask again for next hops still unanswered."""
-        for hop, (oif, _addrs) in list(self.pending.items()):
+        with self.lock:
+            waiting = list(self.pending.items())
+        for hop, (oif, _addrs) in waiting:
             eg = self.egress.get(oif)
             if eg is not None:
                 self._arp_request(eg, hop)
