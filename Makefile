@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ulvs-installed
 # command -> Debian package providing it
-SYS_TOOLS := ip:iproute2 nft:nftables ethtool:ethtool ping:iputils-ping tcpdump:tcpdump curl:curl gcc:gcc
+SYS_TOOLS := ip:iproute2 nft:nftables ethtool:ethtool ping:iputils-ping tcpdump:tcpdump curl:curl gcc:gcc wrk:wrk nginx:nginx haproxy:haproxy iperf3:iperf3 trafgen:netsniff-ng
 
 .PHONY: demo test lint typecheck bench sysdeps venv clean
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.netns.director import PY, director, nat_rules
+from ulvs.lab.director import PY, director, nat_rules
 from ulvs.lab import Lab
 from ulvs.lab.pattern import pattern_digest
 
@@ -226,3 +226,12 @@ def test_services_changed_at_runtime_with_ulvsadm(backend: str) -> None:
         assert d.ulvsadm("-D", "-u", "10.77.1.100:5353").returncode == 0
         assert lab.udp_echo("client", lab.vip, "gone", count=1, timeout=1.0) == [None]
         assert servers_of(lab.http_get("client", lab.vip, count=3)) == ["rs1", "rs2", "rs3"]
+
+
+def test_vip_on_the_client_lan_is_answered_by_arp() -> None:
+    with Lab() as lab, director(lab, nat_rules("rr", udp=False)):
+        # make the VIP on-link for the client: it must ARP for it, and ulvs answers
+        lab.run("client", ["ip", "route", "add", f"{lab.vip}/32", "dev", lab.client_if], check=True)
+        assert servers_of(lab.http_get("client", lab.vip, count=3)) == ["rs1", "rs2", "rs3"]
+        neigh = lab.run("client", ["ip", "neigh", "show", lab.vip]).stdout
+        assert lab.mac("director", lab.director_if_client) in neigh

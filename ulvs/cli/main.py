@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ulvs import __version__
@@ -25,9 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"ulvs {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the forwarding core on generated traffic and show the result")
-    demo.add_argument("--clients", type=_positive, default=60, help="client connections to open (default 60)")
-    demo.add_argument("--seed", type=int, default=1, help="random seed for arrivals and hang-ups")
+    demo = sub.add_parser("demo", help="build a NAT cluster in network namespaces, drive it, show it")
+    demo.add_argument("--requests", type=_positive, default=60, help="HTTP requests to send (default 60)")
+    demo.add_argument("--backend", choices=("afpacket", "tap"), default="afpacket", help="dataplane backend")
+    demo.add_argument("--in-process", action="store_true",
+                      help="no namespaces: run the forwarding core in-process on generated traffic")
+    demo.add_argument("--clients", type=_positive, default=60,
+                      help="with --in-process: client connections to open (default 60)")
+    demo.add_argument("--seed", type=int, default=1, help="with --in-process: random seed")
     from ulvs.lab.cli import add_parser as add_lab_parser
 
     add_lab_parser(sub)
@@ -41,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
+        if not args.in_process:
+            if os.geteuid() == 0:
+                from ulvs.lab.demo import run_lab_demo
+
+                return run_lab_demo(requests=args.requests, backend=args.backend)
+            print("ulvs demo: building network namespaces needs root (CAP_NET_ADMIN); showing the "
+                  "in-process demo instead (ulvs demo --in-process)", file=sys.stderr)
         from ulvs.demo import run_demo
 
         sys.stdout.write(run_demo(clients=args.clients, seed=args.seed))

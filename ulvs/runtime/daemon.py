@@ -34,6 +34,7 @@ from ulvs.core import Core, FwdMethod
 from ulvs.io.afpacket import PacketRing, RingError, has_capability
 from ulvs.io.base import Port
 from ulvs.io.tap import TapError, TapPort
+from ulvs.packet.layouts import ARP, ETH, ETH_P_ARP
 from ulvs.runtime.kernel import (
     KernelError,
     KernelState,
@@ -314,8 +315,11 @@ class Daemon:
                     if buf[off + 12] == 0x08 and buf[off + 13] == 0x06:
                         if tap is not None and port is tap:
                             tap.answer_arp(buf, off, lens[j])
-                        elif resolver is not None:
-                            resolver.learn(memoryview(buf)[off:off + lens[j]], port.ifindex)
+                        else:
+                            arp = memoryview(buf)[off:off + lens[j]]
+                            if resolver is not None:
+                                resolver.learn(arp, port.ifindex)
+                            self._answer_vip_arp(port, arp)
                     # Anything else passed on a ring is already the kernel's; on the TAP it
                     # was routed to us and is not ours: it ends here.
         if core.emitted:
@@ -327,6 +331,18 @@ class Daemon:
         if core.unresolved:
             self._schedule_resolve()
         self._arm_timer()
+
+    def _answer_vip_arp(self, port: Port, frame: memoryview) -> None:
+        """ulvs serves a VIP whether or not it is a local address: when it is not, the kernel
+        does not answer ARP for it, so we do, with the MAC of the interface that was asked."""
+        if len(frame) < 42:
+            return
+        fields = ARP.unpack_from(frame, 14)
+        op, sha, spa, target = fields[4], bytes(fields[5]), bytes(fields[6]), bytes(fields[8])
+        if op != 1 or target not in self.core.vips or target in self.core.local_addrs:
+            return
+        port.send_frame(ETH.pack(sha, port.mac, ETH_P_ARP)
+                        + ARP.pack(1, 0x0800, 6, 4, 2, port.mac, target, sha, spa))
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline()

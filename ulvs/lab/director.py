@@ -1,4 +1,4 @@
-"""Run a real ``ulvs run`` daemon inside a lab's director namespace (for netns tests)."""
+"""Run a real ``ulvs run`` daemon inside a lab's director namespace (demo, tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ulvs.lab import Lab
+from ulvs.lab.topology import Lab
 
 PY = sys.executable
+
+
+class DirectorError(RuntimeError):
+    """The daemon did not start, or did not stop cleanly."""
 
 
 @dataclass
@@ -27,12 +31,14 @@ class Director:
     backend: str
 
     def ulvsadm(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return self.lab.run("director", [PY, "-m", "ulvs.cli.ulvsadm", "--socket", self.sock, *args],
-                            input=stdin)
+        out: subprocess.CompletedProcess[str] = self.lab.run(
+            "director", [PY, "-m", "ulvs.cli.ulvsadm", "--socket", self.sock, *args], input=stdin)
+        return out
 
-    def listing(self) -> str:
-        out = self.ulvsadm("-L", "-n")
-        assert out.returncode == 0, out.stderr
+    def listing(self, *args: str) -> str:
+        out = self.ulvsadm("-L", "-n", *args)
+        if out.returncode:
+            raise RuntimeError(f"ulvsadm -L -n failed: {out.stderr}")
         return str(out.stdout)
 
     def log_text(self) -> str:
@@ -72,9 +78,9 @@ def director(lab: Lab, rules: str, backend: str = "afpacket",
         deadline = time.monotonic() + 20
         while "ulvs running" not in log.read_text():
             if proc.poll() is not None:
-                raise AssertionError(f"ulvs run exited with {proc.returncode}:\n{log.read_text()}")
+                raise DirectorError(f"ulvs run exited with {proc.returncode}:\n{log.read_text()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"ulvs run did not come up:\n{log.read_text()}")
+                raise DirectorError(f"ulvs run did not come up:\n{log.read_text()}")
             time.sleep(0.05)
         yield d
     finally:
@@ -85,5 +91,6 @@ def director(lab: Lab, rules: str, backend: str = "afpacket",
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-                raise AssertionError("ulvs run did not stop on SIGTERM") from None
-    assert proc.returncode == 0, f"ulvs run exited with {proc.returncode}:\n{log.read_text()}"
+                raise DirectorError("ulvs run did not stop on SIGTERM") from None
+    if proc.returncode != 0:
+        raise DirectorError(f"ulvs run exited with {proc.returncode}:\n{log.read_text()}")
