@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from ulvs.lab.director import PY, director, nat_rules
 from ulvs.lab import Lab
+from ulvs.lab.director import PY, director, nat_rules
 from ulvs.lab.pattern import pattern_digest
 
 pytestmark = pytest.mark.netns

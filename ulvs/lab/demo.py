@@ -39,7 +39,7 @@ def run_lab_demo(requests: int = 60, backend: str = "afpacket") -> int:
             say(f"\n$ curl http://{lab.vip}/   x{requests}, from {len(lab.client_addrs)} client addresses")
             results = lab.http_get("client", lab.vip, count=requests, src=list(lab.client_addrs))
             failed = [r for r in results if r.error or r.status != 200]
-            served = Counter(r.server for r in results if not r.error)
+            served = Counter(r.server or "?" for r in results if not r.error)
             replies = lab.udp_echo("client", lab.vip, "hello", count=3)
             say("\n$ ulvsadm -L -n")
             say(d.listing(), end="")
