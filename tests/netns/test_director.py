@@ -9,9 +9,12 @@ afpacket backend can do).
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
+from collections import Counter
 
 import pytest
 
@@ -235,3 +238,26 @@ def test_vip_on_the_client_lan_is_answered_by_arp() -> None:
         assert servers_of(lab.http_get("client", lab.vip, count=3)) == ["rs1", "rs2", "rs3"]
         neigh = lab.run("client", ["ip", "neigh", "show", lab.vip]).stdout
         assert lab.mac("director", lab.director_if_client) in neigh
+
+
+def test_two_workers_keep_both_directions_together_and_merge_listings() -> None:
+    with Lab(clients=8) as lab:
+        before = lab.run("director", ["nft", "list", "ruleset"]).stdout
+        with director(lab, nat_rules("rr"), extra=("--workers", "2")) as d:
+            m = re.search(r"2 dataplane workers \(pids (\d+), (\d+)\)", d.log_text())
+            assert m, d.log_text()
+            pids = [int(p) for p in m.groups()]
+            assert all(os.path.exists(f"/proc/{p}") for p in pids)
+            got = servers_of(lab.http_get("client", lab.vip, count=24, src=list(lab.client_addrs)))
+            # each worker runs its own rr cursor: the total stays even
+            assert Counter(got) == {"rs1": 8, "rs2": 8, "rs3": 8}
+            replies = lab.udp_echo("client", lab.vip, "w", count=6)
+            assert all(r is not None and r.endswith(":w") for r in replies), replies
+            listing = d.listing()
+            rows = [line.split() for line in listing.splitlines() if ":80 " in line and "->" in line]
+            assert sum(int(r[4]) + int(r[5]) for r in rows) == 24
+            conns = [line for line in d.listing("-c").splitlines() if line.startswith("TCP")]
+            assert len(conns) == 24
+            assert len({line.split()[3].split(":")[0] for line in conns}) == 8   # all 8 clients
+        assert lab.run("director", ["nft", "list", "ruleset"]).stdout == before
+        assert not any(os.path.exists(f"/proc/{p}") for p in pids)   # workers stopped with the daemon

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ulvs.io import fanout
 from ulvs.io.base import Batch
 
 SOL_PACKET = 263
@@ -79,7 +80,7 @@ def _ifindex(name: str) -> int:
 class PacketRing:
     """The receive ring and transmit socket of one interface."""
 
-    def __init__(self, ifname: str, cfg: RingConfig = RingConfig()) -> None:
+    def __init__(self, ifname: str, cfg: RingConfig = RingConfig(), fanout_group: int | None = None) -> None:
         self.ifname = ifname
         self.ifindex = _ifindex(ifname)
         self.cfg = cfg
@@ -92,6 +93,8 @@ class PacketRing:
                              cfg.block_size // cfg.frame_size * cfg.block_count, cfg.retire_ms, 0, 0)
             self.rx.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             self.rx.bind((ifname, ETH_P_ALL))
+            if fanout_group is not None:
+                fanout.join(self.rx, fanout_group)
             self.map = mmap.mmap(self.rx.fileno(), cfg.block_size * cfg.block_count,
                                  mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)

@@ -24,6 +24,9 @@ def add_parser(sub: Any) -> None:
                    help=f"unix socket for ulvsadm (default {DEFAULT_SOCKET}, mode 0600)")
     p.add_argument("--conn-limit", type=int, default=1_000_000, metavar="N",
                    help="connection table size (default 1,000,000)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="dataplane processes (afpacket): traffic spread by PACKET_FANOUT on the client "
+                        "endpoint, so both directions of a connection meet the worker that owns it")
     p.add_argument("--verbose", "-v", action="store_true", help="log every next-hop change")
 
 
@@ -47,6 +50,9 @@ def main(args: argparse.Namespace) -> int:
     if args.conn_limit < 1:
         print("ulvs run: --conn-limit must be at least 1", file=sys.stderr)
         return 2
+    if not 1 <= args.workers <= 64:
+        print("ulvs run: --workers must be between 1 and 64", file=sys.stderr)
+        return 2
     opts = Options(config=args.config, interfaces=args.interface, backend=args.backend,
-                   control_socket=args.control_socket, conn_limit=args.conn_limit)
+                   control_socket=args.control_socket, conn_limit=args.conn_limit, workers=args.workers)
     return run(opts, load_rules)

@@ -44,6 +44,7 @@ from ulvs.runtime.kernel import (
     local_addresses,
 )
 from ulvs.runtime.neigh import Egress, Resolver
+from ulvs.runtime.pool import ArpPort, WorkerLink, group_base, merge_snapshots
 
 log = logging.getLogger("ulvs")
 
@@ -66,6 +67,7 @@ class Options:
     backend: str = "afpacket"
     control_socket: Path = DEFAULT_SOCKET
     conn_limit: int = 1_000_000
+    workers: int = 1
 
 
 def check_privileges() -> None:
@@ -96,6 +98,7 @@ class Daemon:
         self.kernel: KernelState | None = None
         self.steering: TapSteering | None = None
         self.tap: TapPort | None = None
+        self.links: list[WorkerLink] = []   # dataplane worker processes (--workers N > 1)
         self.resolver: Resolver | None = None
         self._timer: asyncio.TimerHandle | None = None
         from ulvs.runtime.control import RateEstimator
@@ -120,9 +123,13 @@ class Daemon:
         names = self.opts.interfaces or up_interfaces()
         if self.opts.backend == "afpacket" and not names:
             raise DaemonError("no interface to attach to: none is UP (give --interface)")
+        if self.opts.workers > 1 and self.opts.backend != "afpacket":
+            raise DaemonError("--workers needs the afpacket backend")
         try:
             if self.opts.backend == "tap":
                 self._attach_tap()
+            elif self.opts.workers > 1:
+                self._attach_pool(names)
             else:
                 self._attach(names)
             self._apply_requests(requests, "configuration")
@@ -151,12 +158,61 @@ class Daemon:
                               p.send_frame) for i, p in self.ports.items()},
             set_neighbor=self._set_neighbor)
 
+    def _attach_pool(self, names: list[str]) -> None:
+        """--workers N: the workers own the rings; the main process keeps ARP and control."""
+        addrs = _interface_addrs()
+        for name in names:
+            try:
+                port = ArpPort(name)
+            except OSError as e:
+                raise DaemonError(f"cannot attach to {name}: {e.strerror or e}") from None
+            self.ports[port.ifindex] = port
+            self.core.set_interface(port.ifindex, port.mac, addrs.get(name))
+        self.kernel = KernelState(sorted(names))
+        self.resolver = Resolver(
+            egress={i: Egress(i, p.mac, addrs[p.ifname].packed if p.ifname in addrs else None,
+                              p.send_frame) for i, p in self.ports.items()},
+            set_neighbor=self._set_neighbor)
+        base = group_base()
+        self.links = [WorkerLink(i, sorted(names), base, self.opts.conn_limit)
+                      for i in range(self.opts.workers)]
+        for link in self.links:
+            for p in self.ports.values():
+                a = addrs.get(p.ifname)
+                self._call(link, {"op": "interface", "ifindex": p.ifindex, "mac": p.mac.hex(),
+                                  "addr": str(a) if a else None})
+        log.info("%d dataplane workers (pids %s) on %s", len(self.links),
+                 ", ".join(str(x.proc.pid) for x in self.links), ", ".join(sorted(names)))
+
+    @staticmethod
+    def _call(link: WorkerLink, msg: dict[str, Any]) -> dict[str, Any]:
+        try:
+            reply = link.call(msg)
+        except (OSError, ValueError) as e:
+            raise DaemonError(f"dataplane worker {link.index}: {e}") from None
+        if not reply.get("ok"):
+            raise DaemonError(f"dataplane worker {link.index} refused {msg.get('op')}: {reply.get('error')}")
+        return reply
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
+        for link in self.links:
+            try:
+                self._call(link, msg)
+            except DaemonError as e:
+                log.error("%s", e)
+
     def _set_neighbor(self, addr: bytes, egress: int, dst_mac: bytes, src_mac: bytes) -> None:
         """Resolver results reach the core on the loop's thread (the core is single-threaded)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.core.set_neighbor, addr, egress, dst_mac, src_mac)
+            self._loop.call_soon_threadsafe(self._apply_neighbor, addr, egress, dst_mac, src_mac)
         else:
-            self.core.set_neighbor(addr, egress, dst_mac, src_mac)
+            self._apply_neighbor(addr, egress, dst_mac, src_mac)
+
+    def _apply_neighbor(self, addr: bytes, egress: int, dst_mac: bytes, src_mac: bytes) -> None:
+        self.core.set_neighbor(addr, egress, dst_mac, src_mac)
+        if self.links:
+            self._broadcast({"op": "neighbor", "addr": addr.hex(), "egress": egress,
+                             "dmac": dst_mac.hex(), "smac": src_mac.hex()})
 
     def _attach_tap(self) -> None:
         if not ip_forwarding():
@@ -182,15 +238,23 @@ class Daemon:
 
         if not requests:
             return
-        reply = apply_request(self.core, {"cmd": "batch", "requests": requests}, time.monotonic())
+        batch = {"cmd": "batch", "requests": requests}
+        reply = apply_request(self.core, batch, time.monotonic())
         if not reply.get("ok"):
             raise DaemonError(f"{what} rejected: {reply.get('error')}")
+        self._broadcast({"op": "request", "req": batch})
 
     def _sync_kernel(self) -> None:
         """Start-up (no loop yet): bring the kernel in line with the configuration."""
         local = set(local_addresses())
         self._apply_kernel(interception_for(self.core.services.values(), local))
+        self._set_local(local)
+
+    def _set_local(self, local: set[str]) -> None:
         self.core.set_local_addrs(local)
+        if self.links:
+            self._broadcast({"op": "local", "addrs": sorted(local)})
+            self._broadcast({"op": "fanout", "masq": sorted(a.hex() for a in self.core.masq_addrs)})
 
     def _apply_kernel(self, ic: Any) -> None:
         try:
@@ -249,7 +313,7 @@ class Daemon:
             local = set(await loop.run_in_executor(self._nl, local_addresses))
             ic = interception_for(self.core.services.values(), local)
             await loop.run_in_executor(self._nl, self._apply_kernel, ic)
-            self.core.set_local_addrs(local)
+            self._set_local(local)
             await self._resolve_async()
 
     def shutdown(self) -> None:
@@ -261,6 +325,9 @@ class Daemon:
                 log.error("could not remove nft table %s: %s", self.kernel.table, e)
         if self.steering is not None:
             self.steering.remove()
+        for link in self.links:
+            link.stop()
+        self.links = []
         for port in self.ports.values():
             port.close()
         self.ports.clear()
@@ -369,6 +436,15 @@ class Daemon:
             tick += 1
             if tick % 2 == 0:
                 self.estimator.tick(self.core)
+            for link in self.links:
+                try:
+                    got = self._call(link, {"op": "unresolved"})
+                except DaemonError as e:
+                    log.error("%s", e)
+                    continue
+                if got.get("addrs"):
+                    self.core.unresolved.update(bytes.fromhex(a) for a in got["addrs"])
+                    self._schedule_resolve()
             if self.resolver is not None:
                 self.resolver.retry()
                 if tick % 30 == 0:
@@ -425,6 +501,8 @@ class Daemon:
                 else:
                     reply = apply_request(self.core, req, time.monotonic(), estimator=self.estimator) \
                         if isinstance(req, dict) else {"ok": False, "error": "a request is a JSON object"}
+                    if reply.get("ok") and self.links:
+                        reply = self._forward(req, reply)
                     if reply.get("ok") and req.get("cmd") not in ("snapshot", "get_timeouts"):
                         await self._after_change()
                 writer.write(json.dumps(reply).encode() + b"\n")
@@ -433,6 +511,23 @@ class Daemon:
             pass
         finally:
             writer.close()
+
+    def _forward(self, req: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
+        """A request the main process accepted goes to every worker; snapshots are merged."""
+        if req.get("cmd") == "get_timeouts":
+            return reply
+        parts = []
+        for link in self.links:
+            try:
+                wr = self._call(link, {"op": "request", "req": req})
+            except DaemonError as e:
+                log.error("%s", e)
+                return {"ok": False, "error": str(e)}
+            if req.get("cmd") == "snapshot":
+                parts.append(wr["snapshot"])
+        if req.get("cmd") == "snapshot":
+            return {**reply, "snapshot": merge_snapshots(reply["snapshot"], parts)}
+        return reply
 
     async def _after_change(self) -> None:
         try:

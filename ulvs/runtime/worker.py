@@ -1,0 +1,182 @@
+"""A dataplane worker process (``ulvs run --workers N``): its own core, its share of the traffic.
+
+The main process starts N workers (``python -m ulvs.runtime.worker``) and keeps one stream
+socket to each (newline-delimited JSON, like the control socket). A worker:
+* opens a TPACKET_V3 ring per interface, joining that interface's PACKET_FANOUT group;
+* decides its frames with its own ``Core`` and connection table, and sends them;
+* applies the control requests the main process forwards;
+* applies neighbour and interface facts, local addresses, and the fanout steering program;
+* answers ``snapshot`` requests, which the main process merges.
+
+It has no kernel state of its own and answers no ARP. The main process does both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from ulvs.core import Core
+from ulvs.io import fanout
+from ulvs.io.afpacket import PacketRing
+from ulvs.runtime.control import RateEstimator, apply_request
+
+log = logging.getLogger("ulvs.worker")
+
+
+def fanout_group(base: int, ifindex: int) -> int:
+    """The fanout group of one interface: the same in every worker of one daemon."""
+    return (base + ifindex * 131) & 0xFFFF
+
+
+class Worker:
+    def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int) -> None:
+        self.index = index
+        self.core = Core(conn_limit=conn_limit)
+        self.estimator = RateEstimator()
+        self.ports: dict[int, PacketRing] = {}
+        for name in interfaces:
+            ifindex = socket.if_nametoindex(name)
+            ring = PacketRing(name, fanout_group=fanout_group(group_base, ifindex))
+            self.ports[ring.ifindex] = ring
+        self._timer: asyncio.TimerHandle | None = None
+
+    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """One message from the main process; returns the reply."""
+        op = msg.get("op")
+        core = self.core
+        if op == "request":
+            return apply_request(core, msg["req"], time.monotonic(), estimator=self.estimator)
+        if op == "neighbor":
+            core.set_neighbor(bytes.fromhex(msg["addr"]), msg["egress"], bytes.fromhex(msg["dmac"]),
+                              bytes.fromhex(msg["smac"]))
+            return {"ok": True}
+        if op == "interface":
+            import ipaddress
+
+            addr = ipaddress.IPv4Address(msg["addr"]) if msg.get("addr") else None
+            core.set_interface(msg["ifindex"], bytes.fromhex(msg["mac"]), addr)
+            return {"ok": True}
+        if op == "local":
+            core.set_local_addrs(msg["addrs"])
+            return {"ok": True}
+        if op == "fanout":
+            program = fanout.client_key_program(bytes.fromhex(a) for a in msg["masq"])
+            for ring in self.ports.values():
+                fanout.set_program(ring.rx, program)
+            return {"ok": True}
+        if op == "unresolved":
+            addrs = sorted(a.hex() for a in core.unresolved)
+            core.unresolved.clear()
+            return {"ok": True, "addrs": addrs}
+        return {"ok": False, "error": f"unknown worker op {op!r}"}
+
+    def on_rx(self, port: PacketRing) -> None:
+        core, ports = self.core, self.ports
+        now = time.monotonic()
+        for b in port.batches():
+            n = b.count
+            bufs, offs, lens, vnet = b.bufs, b.offs, b.lens, b.vnet
+            core.process_batch(bufs, offs, lens, b.ifins, n, now, b.partial)
+            verdicts, egress = core.verdicts, core.egress
+            for j in range(n):
+                if verdicts[j] == 1:
+                    out = ports.get(egress[j])
+                    if out is not None:
+                        out.transmit(bufs[j], vnet[j], offs[j], lens[j])
+        if core.emitted:
+            for frame, eg in core.emitted:
+                out = ports.get(eg)
+                if out is not None:
+                    out.send_frame(frame)
+            core.emitted.clear()
+        self.arm_timer()
+
+    def arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(max(deadline, loop.time()), self.on_timer)
+
+    def on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timer(time.monotonic())
+        self.arm_timer()
+
+    async def run(self, control: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the main process reloads
+        for port in self.ports.values():
+            loop.add_reader(port.fileno(), self.on_rx, port)
+        reader, writer = await asyncio.open_unix_connection(sock=control)
+
+        async def serve() -> None:
+            while line := await reader.readline():
+                msg = json.loads(line)
+                if msg.get("op") == "stop":
+                    break
+                writer.write(json.dumps(self.handle(msg)).encode() + b"\n")
+                await writer.drain()
+            stop.set()
+
+        async def rates() -> None:
+            while True:
+                await asyncio.sleep(RateEstimator.INTERVAL)
+                self.estimator.tick(self.core)
+
+        tasks = [asyncio.ensure_future(serve()), asyncio.ensure_future(rates())]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for port in self.ports.values():
+                loop.remove_reader(port.fileno())
+            writer.close()
+
+    def close(self) -> None:
+        for port in self.ports.values():
+            port.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ulvs-worker")
+    ap.add_argument("--control-fd", type=int, required=True)
+    ap.add_argument("--index", type=int, required=True)
+    ap.add_argument("--group-base", type=int, required=True)
+    ap.add_argument("--conn-limit", type=int, required=True)
+    ap.add_argument("--interface", action="append", default=[])
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s ulvs-worker{args.index}[%(process)d] %(levelname)s %(message)s")
+    control = socket.socket(fileno=args.control_fd)
+    worker = Worker(args.index, args.interface, args.group_base, args.conn_limit)
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(worker.run(control))
+        except ImportError:
+            asyncio.run(worker.run(control))
+    finally:
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
