@@ -149,7 +149,7 @@ def test_no_rst_from_the_directors_kernel_for_a_served_port(local_vip: bool) -> 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shutdown_leaves_no_kernel_state(backend: str) -> None:
-    with Lab() as lab:
+    with Lab(offloads_off=True) as lab:   # GRO off before: ulvs turns it on, then back off
         def state() -> tuple[str, str, str, str]:
             return (lab.run("director", ["nft", "list", "ruleset"]).stdout,
                     lab.run("director", ["ip", "rule"]).stdout,
@@ -157,12 +157,16 @@ def test_shutdown_leaves_no_kernel_state(backend: str) -> None:
                     lab.run("director", ["ip", "route", "show", "table", "all"]).stdout)
 
         before = state()
+        ifs = (lab.director_if_client, lab.director_if_server)
         with director(lab, nat_rules("rr"), backend) as d:
             during = state()
+            gro_during = [lab.offloads("director", i)["gro"] for i in ifs]
             assert servers_of(lab.http_get("client", lab.vip, count=3)) == ["rs1", "rs2", "rs3"]
             pid = d.proc.pid
         if backend == "afpacket":
             assert f"ulvs_{pid}" in during[0]
+            assert gro_during == [True, True]
+            assert [lab.offloads("director", i)["gro"] for i in ifs] == [False, False]
         else:
             assert f"ulvs{pid % 100000}" in during[2] and "lookup" in during[1]
         assert state() == before
@@ -261,3 +265,13 @@ def test_two_workers_keep_both_directions_together_and_merge_listings() -> None:
             assert len({line.split()[3].split(":")[0] for line in conns}) == 8   # all 8 clients
         assert lab.run("director", ["nft", "list", "ruleset"]).stdout == before
         assert not any(os.path.exists(f"/proc/{p}") for p in pids)   # workers stopped with the daemon
+
+
+def test_download_with_segmenting_endpoints_and_gro_at_the_director() -> None:
+    # endpoints send MTU-sized segments with full checksums; the director's GRO (switched on by
+    # ulvs) coalesces them into CHECKSUM_PARTIAL super-packets that ulvs rewrites and the kernel
+    # segments again on the way out
+    size = 50 * 1024 * 1024
+    with Lab(offloads_off=True) as lab, director(lab, nat_rules("rr", udp=False)):
+        (r,) = lab.http_get("client", lab.vip, f"/bytes/{size}", timeout=300)
+        assert r.error is None and r.length == size and r.sha256 == pattern_digest(size)

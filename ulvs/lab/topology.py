@@ -41,7 +41,7 @@ Each real server runs ``python -m ulvs.lab.servers`` (HTTP name server with ``/b
 UDP echo on 5353), started and tracked by PID.  IPv6 is disabled in every namespace by default so
 the segments carry no ND/MLD chatter.  Offloads are left alone unless ``offloads_off=True``, which
 runs ``ethtool -K IF tso off gso off gro off tx off`` on every veth end when ethtool is installed
-and otherwise does the same through the ethtool ioctls (``offload.py``), logging a note.
+and otherwise does the same through the ethtool ioctls (``ulvs/io/ethtool.py``), logging a note.
 
 Teardown (``down()``, the context manager, ``atexit``) kills the processes the lab started (their
 process groups, by PID), then any process still inside the lab's namespaces (found by namespace
@@ -104,7 +104,7 @@ CLIENT_BRIDGE = "br1"  # in ns lan
 
 _HERE = Path(__file__).resolve().parent
 TRAFFIC_SCRIPT = _HERE / "traffic.py"
-OFFLOAD_SCRIPT = _HERE / "offload.py"
+OFFLOAD_SCRIPT = _HERE.parent / "io" / "ethtool.py"
 _READY_TIMEOUT = 15.0
 _KILL_GRACE = 2.0
 

@@ -27,6 +27,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="dataplane processes (afpacket): traffic spread by PACKET_FANOUT on the client "
                         "endpoint, so both directions of a connection meet the worker that owns it")
+    p.add_argument("--gro", choices=("on", "keep"), default="on",
+                   help="afpacket: switch GRO on for attached interfaces while running (default), or "
+                        "leave their offload settings alone")
     p.add_argument("--verbose", "-v", action="store_true", help="log every next-hop change")
 
 
@@ -54,5 +57,6 @@ def main(args: argparse.Namespace) -> int:
         print("ulvs run: --workers must be between 1 and 64", file=sys.stderr)
         return 2
     opts = Options(config=args.config, interfaces=args.interface, backend=args.backend,
-                   control_socket=args.control_socket, conn_limit=args.conn_limit, workers=args.workers)
+                   control_socket=args.control_socket, conn_limit=args.conn_limit, workers=args.workers,
+                   gro=args.gro == "on")
     return run(opts, load_rules)

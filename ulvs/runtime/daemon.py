@@ -68,6 +68,7 @@ class Options:
     control_socket: Path = DEFAULT_SOCKET
     conn_limit: int = 1_000_000
     workers: int = 1
+    gro: bool = True
 
 
 def check_privileges() -> None:
@@ -153,6 +154,8 @@ class Daemon:
             self.core.set_interface(ring.ifindex, ring.mac, addr)
             log.info("attached to %s (ifindex %d, %s)", name, ring.ifindex, ring.mac.hex(":"))
         self.kernel = KernelState(sorted(p.ifname for p in self.ports.values()))
+        if self.opts.gro:
+            self.kernel.enable_gro()
         self.resolver = Resolver(
             egress={i: Egress(i, p.mac, addrs[p.ifname].packed if p.ifname in addrs else None,
                               p.send_frame) for i, p in self.ports.items()},
@@ -169,6 +172,8 @@ class Daemon:
             self.ports[port.ifindex] = port
             self.core.set_interface(port.ifindex, port.mac, addrs.get(name))
         self.kernel = KernelState(sorted(names))
+        if self.opts.gro:
+            self.kernel.enable_gro()
         self.resolver = Resolver(
             egress={i: Egress(i, p.mac, addrs[p.ifname].packed if p.ifname in addrs else None,
                               p.send_frame) for i, p in self.ports.items()},

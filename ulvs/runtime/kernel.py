@@ -121,6 +121,30 @@ class KernelState:
     interfaces: list[str]
     table: str = field(default_factory=lambda: f"ulvs_{os.getpid()}")
     installed: bool = False
+    gro_switched: list[str] = field(default_factory=list)   # interfaces whose GRO we turned on
+
+    def enable_gro(self) -> None:
+        """GRO on every attached interface, so segments arriving one by one reach the rings
+        as 64 KiB super-packets (restored by ``remove``)."""
+        from ulvs.io import ethtool
+
+        for ifname in self.interfaces:
+            try:
+                if not ethtool.get(ifname)["gro"]:
+                    ethtool.set_feature(ifname, "gro", True)
+                    self.gro_switched.append(ifname)
+            except OSError:
+                pass   # a device without GRO support (or gone): nothing to restore
+
+    def restore_gro(self) -> None:
+        from ulvs.io import ethtool
+
+        for ifname in self.gro_switched:
+            try:
+                ethtool.set_feature(ifname, "gro", False)
+            except OSError:
+                pass   # the interface is gone
+        self.gro_switched = []
 
     def apply(self, ic: Interception) -> None:
         """Create or atomically replace the table (nothing half-applied: nft -f is a transaction)."""
@@ -131,6 +155,7 @@ class KernelState:
         self.installed = True
 
     def remove(self) -> None:
+        self.restore_gro()
         if self.installed:
             self._nft(f"delete table netdev {self.table}\n")
             self.installed = False

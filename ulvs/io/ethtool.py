@@ -1,9 +1,10 @@
-"""Read or switch off veth offloads (tx checksum, TSO, GSO, GRO) without the ethtool binary.
+"""Read or set interface offloads (tx checksum, TSO, GSO, GRO) without the ethtool binary.
 
-Used by the lab when ``ethtool`` is not installed.  Run inside a namespace by path (stdlib only)::
+The daemon switches GRO on for the interfaces it attaches to (and restores it). The lab uses
+it when ``ethtool`` is not installed, run inside a namespace by path (stdlib only)::
 
-    python -I offload.py off eth0 srv0     # like: ethtool -K IF tx off tso off gso off gro off
-    python -I offload.py get eth0          # {"eth0": {"tx": false, "tso": false, ...}}
+    python -I ethtool.py off eth0 srv0     # like: ethtool -K IF tx off tso off gso off gro off
+    python -I ethtool.py get eth0          # {"eth0": {"tx": false, "tso": false, ...}}
 
 It uses the legacy one-feature ethtool ioctls (``include/uapi/linux/ethtool.h``: ETHTOOL_GTXCSUM
 and friends, each a ``struct ethtool_value {u32 cmd; u32 data;}``), which the kernel still maps
@@ -43,6 +44,12 @@ def get(ifname: str) -> dict[str, bool]:
         return {name: bool(_ethtool(s, ifname, g)) for name, (g, _) in FEATURES.items()}
 
 
+def set_feature(ifname: str, name: str, on: bool) -> None:
+    """Switch one feature (a key of ``FEATURES``) on or off."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        _ethtool(s, ifname, FEATURES[name][1], int(on))
+
+
 def switch_off(ifname: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for _, (_, setter) in FEATURES.items():
@@ -52,7 +59,7 @@ def switch_off(ifname: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2 or args[0] not in ("get", "off"):
-        sys.stderr.write("usage: offload.py get|off IFNAME...\n")
+        sys.stderr.write("usage: ethtool.py get|off IFNAME...\n")
         return 2
     if args[0] == "off":
         for ifname in args[1:]:
