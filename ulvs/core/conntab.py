@@ -123,7 +123,10 @@ class ConnTable:
         self.count += 1
         self.state[slot] = state
         self.flags[slot] = flags | (F_UDP if proto == UDP else 0)
-        self.last[slot] = self.ticks(now)
+        epoch = self.epoch
+        if epoch is None:
+            epoch = self.epoch = now
+        self.last[slot] = -int((epoch - now) * TICKS_PER_SECOND // 1)
         return slot
 
     def release(self, slot: int) -> None:

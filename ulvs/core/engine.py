@@ -389,10 +389,11 @@ class Core:
         if u and dest.activeconns + dest.inactconns >= u and not dest.overloaded:
             dest.overloaded = True
             sched.upd_dest(dest.service.dests, dest)
-        sched.conn_changed(dest)
+        if sched.tracks_conns:
+            sched.conn_changed(dest)
         t.schedule(slot, now + self.timeouts[state])
         if state == TcpState.SYN_RECV:
-            t.mark_evictable(slot)
+            t._evictable.append(slot)
         return slot
 
     def _unbind(self, slot: int) -> None:
@@ -690,7 +691,7 @@ class Core:
         if dest is None:
             self._drop(j, DropReason.NO_DEST)
             return -1
-        if not self._make_room():
+        if self.table.count >= self.table.limit and not self._make_room():
             self._drop(j, DropReason.CONN_TABLE_FULL)
             return -1
         slot = self._bind(proto, key, vkey, dest, ifin, bytes(buf[off:off + 12]), now, cfg.ops)
@@ -762,7 +763,7 @@ class Core:
         has checked its headers).  New flows to a service are bound here without a full parse;
         anything else goes to the general slow path."""
         vkey = key[4:8] + key[10:12]
-        svc = self._find_service(proto, vkey)
+        svc = self._svc_lookup.get((proto, vkey)) or self._find_service(proto, vkey)
         if svc is None or ttl <= 1:
             self._slow(j, buf, off, self._len, ifin, now)
             return

@@ -40,6 +40,8 @@ NO_L2 = bytes(12)
 
 _U16 = struct.Struct("!H")
 _BBH = struct.Struct("!BBH")
+_S4 = struct.Struct("4s")
+_S12 = struct.Struct("12s")
 
 
 def nat_in_plan(vaddr: bytes, vport: int, daddr: bytes, dport: int, si: int, dest: Any) -> list[Any]:
@@ -73,19 +75,22 @@ def rewrite_plain(buf: Any, off: int, proto: int, plan: list[Any], ttl: int, ipc
                   partial: bool = False) -> None:
     """``rewrite`` for an untagged IPv4 frame without options whose TTL, IP checksum and L4
     checksum the caller already read (the new-flow entry from the fast path)."""
-    if plan[P_KIND] == KIND_NAT:
-        _BBH.pack_into(buf, off + 22, ttl - 1, proto, apply_delta(ipc, plan[P_DIP]))
-        aoff = off + 14 + plan[P_AOFF]
-        buf[aoff:aoff + 4] = plan[P_A4]
-        _U16.pack_into(buf, off + 34 + plan[P_POFF], plan[P_PORT])
+    kind, _eg, l2, aoff, a4, poff, port, dip, dl4, dpart = plan[:10]
+    if kind == KIND_NAT:
+        c = (ipc ^ 0xFFFF) + dip
+        _BBH.pack_into(buf, off + 22, ttl - 1, proto, ((c & 0xFFFF) + (c >> 16)) ^ 0xFFFF)
+        _S4.pack_into(buf, off + 14 + aoff, a4)
+        _U16.pack_into(buf, off + 34 + poff, port)
         if partial:
-            s = l4c + plan[P_DPART]
+            s = l4c + dpart
             _U16.pack_into(buf, off + (50 if proto == IPPROTO_TCP else 40), (s & 0xFFFF) + (s >> 16))
         elif proto == IPPROTO_TCP:
-            _U16.pack_into(buf, off + 50, apply_delta(l4c, plan[P_DL4]))
+            c = (l4c ^ 0xFFFF) + dl4
+            _U16.pack_into(buf, off + 50, ((c & 0xFFFF) + (c >> 16)) ^ 0xFFFF)
         elif l4c:  # UDP with a checksum
-            _U16.pack_into(buf, off + 40, apply_delta(l4c, plan[P_DL4]) or 0xFFFF)
-    buf[off:off + 12] = plan[P_L2]
+            c = (l4c ^ 0xFFFF) + dl4
+            _U16.pack_into(buf, off + 40, (((c & 0xFFFF) + (c >> 16)) ^ 0xFFFF) or 0xFFFF)
+    _S12.pack_into(buf, off, l2)
 
 
 def rewrite(buf: Any, off: int, l3: int, l4: int, proto: int, plan: list[Any],

@@ -32,6 +32,9 @@ class Scheduler(ABC):
         self.flags = flags
         self.dests: Sequence[Dest] = ()
         self.now = 0.0   # set by the core before every schedule() call
+        # The core calls conn_changed only for schedulers that react to it (saves a call per
+        # new connection for rr, wrr, sh, dh, mh ...).
+        self.tracks_conns = type(self).conn_changed is not Scheduler.conn_changed
 
     # -- time (schedulers with state that ages, e.g. lblc's cache) -----------------------------
     def next_deadline(self) -> float | None:
