@@ -1,0 +1,263 @@
+"""The configuration model: one frozen description of everything the daemon runs.
+
+Every input format (native TOML, keepalived.conf, Piranha lvs.cf, ipvsadm rules) is parsed into
+this model, and everything downstream (the daemon's reload by diff, ``ulvs import``, ``ulvs
+check-config``, the health monitor, the VRRP speaker) reads only this model.  Parsers never
+touch the dataplane: they produce a ``LoadResult`` (a ``Config`` plus warnings) or raise one
+``ConfigError`` that names the file and the line (or the key path) and, where a value is out of
+range, the allowed values.
+
+Pure: no I/O.  Parsers take text; ``include`` directives are resolved by a callback the shell
+supplies (``Includer``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ulvs.core.model import DestConfig, ServiceConfig
+
+# -- provenance and errors --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a value came from: a file, and a line number or a key path (or both)."""
+
+    file: str
+    line: int | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        s = self.file
+        if self.line is not None:
+            s += f":{self.line}"
+        if self.key:
+            s += f": {self.key}"
+        return s
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run.  ``str()`` is the whole message for the user:
+    ``FILE:LINE: KEY: what is wrong (allowed: ...)``."""
+
+    def __init__(self, message: str, where: Where | None = None) -> None:
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where is not None else message)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Something accepted but not (yet) acted on, e.g. an unsupported keepalived keyword."""
+
+    where: Where
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: warning: {self.message}"
+
+
+# -- health checks (run by the health monitor; parsed and validated here) ---------------------
+
+# Keys every socket checker takes (keepalived.conf(5) "common" checker keys).
+CHECK_COMMON_KEYS = frozenset({
+    "connect_ip", "connect_port", "bindto", "bind_port", "bind_if", "fwmark", "connect_timeout",
+    "retry", "delay_before_retry", "warmup", "delay_loop", "alpha", "log_all_failures",
+})
+# Checker kind -> the keys it accepts beyond the common ones.  ``url`` (HTTP_GET/SSL_GET) is a
+# list of url blocks, each a mapping with URL_KEYS.
+CHECK_KEYS: dict[str, frozenset[str]] = {
+    "TCP_CHECK": CHECK_COMMON_KEYS,
+    "HTTP_GET": CHECK_COMMON_KEYS | {"url", "http_protocol", "virtualhost", "fast_recovery"},
+    "SSL_GET": CHECK_COMMON_KEYS | {"url", "http_protocol", "virtualhost", "fast_recovery",
+                                    "enable_sni", "sni_name", "tls_compliant"},
+    "SMTP_CHECK": CHECK_COMMON_KEYS | {"helo_name"},
+    "DNS_CHECK": CHECK_COMMON_KEYS | {"type", "name"},
+    "UDP_CHECK": CHECK_COMMON_KEYS | {"payload", "require_reply", "min_reply_length",
+                                      "max_reply_length"},
+    "PING_CHECK": CHECK_COMMON_KEYS,
+    "MISC_CHECK": frozenset({"misc_path", "misc_timeout", "misc_dynamic", "user", "warmup",
+                             "delay_loop", "alpha"}),
+    "FILE_CHECK": frozenset({"track_file", "dynamic", "weight", "delay_loop", "alpha"}),
+    # Piranha nanny: empty send = connect only; expect matched literally (or as a regex).
+    "NANNY": CHECK_COMMON_KEYS | {"send", "expect", "use_regex", "send_program", "timeout",
+                                  "reentry"},
+}
+URL_KEYS = frozenset({"path", "digest", "status_code", "virtualhost", "regex", "regex_no_match",
+                      "regex_options", "regex_min_offset", "regex_max_offset"})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """One health checker of a dest: its kind (a ``CHECK_KEYS`` name) and its options as given
+    (values already typed: int, float, bool, str, or a tuple of url mappings for ``url``)."""
+
+    kind: str
+    options: tuple[tuple[str, Any], ...] = ()
+    where: Where | None = field(default=None, compare=False)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for k, v in self.options:
+            if k == key:
+                return v
+        return default
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+# -- services ---------------------------------------------------------------------------------
+
+Endpoint = tuple[ipaddress.IPv4Address, int]
+Argv = tuple[str, ...]   # a notify script: program and arguments, run without a shell
+
+
+@dataclass(frozen=True, slots=True)
+class RealServer:
+    """A dest with its health policy (keepalived ``real_server``)."""
+
+    config: DestConfig
+    checks: tuple[CheckSpec, ...] = ()
+    inhibit_on_failure: bool | None = None   # None: the service's setting
+    notify_up: Argv | None = None
+    notify_down: Argv | None = None
+    where: Where | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualService:
+    """A service with its dests and its health policy (keepalived ``virtual_server``)."""
+
+    config: ServiceConfig
+    dests: tuple[RealServer, ...] = ()
+    name: str | None = None
+    delay_loop: float = 60.0                # keepalived default: seconds between checks
+    sorry_server: Endpoint | None = None    # serves while no dest is up
+    sorry_server_inhibit: bool = False
+    quorum: int = 1                         # minimum total weight of live dests
+    hysteresis: int = 0
+    quorum_up: Argv | None = None
+    quorum_down: Argv | None = None
+    alpha: bool = False                     # dests start down until their first good check
+    omega: bool = False                     # run notify_down/quorum_down on removal too
+    inhibit_on_failure: bool = False        # weight 0 instead of removal when a check fails
+    virtualhost: str | None = None          # default HTTP Host for HTTP_GET checks
+    where: Where | None = field(default=None, compare=False)
+
+
+# -- VRRP (run by the director-pair speaker; parsed and validated here) ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualAddress:
+    address: ipaddress.IPv4Interface
+    dev: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VrrpInstance:
+    name: str
+    interface: str
+    vrid: int
+    priority: int = 100
+    advert_int: float = 1.0                 # seconds (v3 carries centiseconds)
+    state: str = "BACKUP"                   # initial state: MASTER or BACKUP
+    version: int = 3
+    preempt: bool = True
+    preempt_delay: float = 0.0
+    virtual_addresses: tuple[VirtualAddress, ...] = ()
+    unicast_src_ip: ipaddress.IPv4Address | None = None
+    unicast_peers: tuple[ipaddress.IPv4Address, ...] = ()
+    track_interfaces: tuple[str, ...] = ()
+    notify_master: Argv | None = None
+    notify_backup: Argv | None = None
+    notify_fault: Argv | None = None
+    garp_master_delay: float = 5.0
+    where: Where | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class VrrpSyncGroup:
+    name: str
+    members: tuple[str, ...]
+    where: Where | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    """Connection sync (IPVS sync protocol v1) between the directors of a pair."""
+
+    interface: str
+    instance: str | None = None             # VRRP instance whose state drives master/backup
+    syncid: int = 0
+    port: int = 8848
+    group: ipaddress.IPv4Address = ipaddress.IPv4Address("224.0.0.81")
+
+
+# -- daemon -----------------------------------------------------------------------------------
+
+BACKENDS = ("afpacket", "tap")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSettings:
+    interfaces: tuple[str, ...] = ()        # empty: every UP non-loopback interface
+    backend: str = "afpacket"
+    workers: int = 1
+    conn_limit: int = 1_000_000
+    gro: bool = True
+    control_socket: str = "/run/ulvs/ulvs.sock"
+    control_group: str | None = None        # a group whose members may use the control socket
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """``ipvsadm --set tcp tcpfin udp`` (seconds)."""
+
+    tcp: int = 900
+    tcpfin: int = 120
+    udp: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: str | None = None               # "127.0.0.1:9177"; None = no exporter
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    daemon: DaemonSettings = DaemonSettings()
+    timeouts: Timeouts = Timeouts()
+    services: tuple[VirtualService, ...] = ()
+    vrrp: tuple[VrrpInstance, ...] = ()
+    vrrp_sync_groups: tuple[VrrpSyncGroup, ...] = ()
+    sync: SyncSettings | None = None
+    metrics: MetricsSettings = MetricsSettings()
+    router_id: str | None = None
+    source: str = "<config>"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    config: Config
+    warnings: tuple[ConfigWarning, ...] = ()
+
+
+# Resolves an ``include`` pattern (glob, relative to the including file) to (name, text) pairs.
+Includer = Callable[[str, str], list[tuple[str, str]]]
+# A format's parser: (text, source name, includer) -> LoadResult.
+Parser = Callable[[str, str, "Includer | None"], LoadResult]
+
+
+def check_tables(options: Mapping[str, Any], kind: str, where: Where | None) -> None:
+    """Reject a checker kind or option ulvs does not know, naming the allowed ones."""
+    allowed = CHECK_KEYS.get(kind)
+    if allowed is None:
+        raise ConfigError(f"unknown checker {kind!r} (allowed: {', '.join(sorted(CHECK_KEYS))})", where)
+    for k in options:
+        if k not in allowed:
+            raise ConfigError(f"{kind}: unknown key {k!r} (allowed: {', '.join(sorted(allowed))})", where)
