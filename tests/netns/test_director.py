@@ -194,6 +194,37 @@ def test_sighup_reloads_by_diff_keeping_connections() -> None:
         assert "1 change(s)" in d.log_text()
 
 
+def _toml_web(weights: tuple[int, int, int]) -> str:
+    dests = "".join(f'[[service.dest]]\naddress = "10.77.2.1{i + 1}"\nweight = {w}\n'
+                    for i, w in enumerate(weights))
+    return ('[timeouts]\nudp = 60\n\n[[service]]\nname = "web"\nprotocol = "tcp"\nvip = "10.77.1.100"\n'
+            f'port = 80\nscheduler = "rr"\nforwarding = "masq"\n{dests}')
+
+
+def test_native_toml_config_serves_and_reloads_by_diff() -> None:
+    with Lab() as lab, director(lab, _toml_web((1, 1, 1))) as d:
+        assert servers_of(lab.http_get("client", lab.vip, count=3)) == ["rs1", "rs2", "rs3"]
+        assert d.ulvsadm("-L", "--timeout").stdout == "Timeout (tcp tcpfin udp): 900 120 60\n"
+        (d.log.parent / "rules").write_text(_toml_web((1, 1, 4)))
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded" not in d.log_text():
+            assert time.monotonic() < deadline, d.log_text()
+            time.sleep(0.05)
+        assert "1 change(s)" in d.log_text()
+        line = next(x for x in d.listing().splitlines() if "10.77.2.13:80" in x)
+        assert line.split()[3] == "4"
+        # a broken configuration is refused with its file:line, and the old one keeps serving
+        (d.log.parent / "rules").write_text(_toml_web((1, 1, 4)).replace("weight = 4", "weight = -4"))
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "configuration unchanged" not in d.log_text():
+            assert time.monotonic() < deadline, d.log_text()
+            time.sleep(0.05)
+        assert "rules:19: service[0].dest[2].weight: -4 is out of range (allowed: 0..65535)" in d.log_text()
+        assert servers_of(lab.http_get("client", lab.vip, count=3)) == ["rs1", "rs2", "rs3"]
+
+
 def test_interface_that_disappears_is_detached_and_the_rest_keep_serving() -> None:
     with Lab() as lab:
         lab.run("director", ["ip", "link", "add", "dum0", "type", "veth", "peer", "name", "dum1"], check=True)
@@ -214,10 +245,23 @@ def test_bad_configuration_exits_2_naming_the_line() -> None:
         out = lab.run("director", [PY, "-m", "ulvs", "run", "--config", "/tmp/ulvs-bad.rules",
                                    "--control-socket", "/tmp/ulvs-bad.sock"])
         assert out.returncode == 2
-        assert "/tmp/ulvs-bad.rules" in out.stderr and "line 2" in out.stderr
+        assert "/tmp/ulvs-bad.rules:2: illegal weight specified" in out.stderr   # file:line
         assert "ulvs_" not in lab.run("director", ["nft", "list", "tables"]).stdout   # nothing applied
         out = lab.run("director", [PY, "-m", "ulvs", "run", "--backend", "nope"])
         assert out.returncode == 2
+
+
+def test_bad_toml_configuration_exits_2_naming_line_and_key() -> None:
+    with Lab() as lab:
+        toml = ('[[service]]\nprotocol = \"tcp\"\nvip = \"10.77.1.100\"\nport = 80\nscheduler = \"rr\"\n'
+                '[[service.dest]]\naddress = \"10.77.2.11\"\nforwarding = \"masq\"\nweight = 99999\n')
+        lab.run("director", ["sh", "-c", f"printf -- '{toml}' > /tmp/ulvs-bad.toml"], check=True)
+        out = lab.run("director", [PY, "-m", "ulvs", "run", "--config", "/tmp/ulvs-bad.toml",
+                                   "--control-socket", "/tmp/ulvs-bad.sock"])
+        assert out.returncode == 2
+        assert "/tmp/ulvs-bad.toml:9: service[0].dest[0].weight: 99999 is out of range (allowed: 0..65535)" \
+            in out.stderr
+        assert "ulvs_" not in lab.run("director", ["nft", "list", "tables"]).stdout   # nothing applied
 
 
 

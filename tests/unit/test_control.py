@@ -267,7 +267,7 @@ def test_handle_line() -> None:
     assert json.loads(handle_line(core, "[" * 100000, 0.0))["ok"] is False
     out = handle_line(core, json.dumps({"cmd": "get_timeouts"}).encode() + b"\n", 0.0)
     assert out.endswith(b"\n") and out.count(b"\n") == 1
-    assert json.loads(out) == {"ok": True, "timeouts": {"tcp": 900, "tcpfin": 120, "udp": 300}}
+    assert json.loads(out) == {"ok": True, "v": 1, "timeouts": {"tcp": 900, "tcpfin": 120, "udp": 300}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     from ulvs.runtime.cli import add_parser as add_run_parser
 
     add_run_parser(sub)
+    from ulvs.cli.daemonctl import add_parsers as add_daemonctl_parsers
+
+    add_daemonctl_parsers(sub)
+    from ulvs.cli.configcmd import add_parsers as add_config_parsers
+
+    add_config_parsers(sub)
     return p
 
 
@@ -58,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(run_demo(clients=args.clients, seed=args.seed))
         return 0
+    if args.command in ("status", "explain", "reload"):
+        from ulvs.cli.daemonctl import run as run_daemonctl
+
+        return run_daemonctl(args)
+    if args.command in ("check-config", "import"):
+        from ulvs.cli.configcmd import run as run_configcmd
+
+        return run_configcmd(args)
     if args.command == "run":
         from ulvs.runtime.cli import main as run_daemon
 

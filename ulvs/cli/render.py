@@ -10,8 +10,8 @@ on dests with thresholds and ``--group-member`` on service groups.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 
+from ulvs.config.ipvsadm import ListFormat as ListFormat  # the -L options, parsed there
 from ulvs.core.engine import Core
 from ulvs.core.model import FwdMethod, Proto, ServiceConfig
 from ulvs.runtime.control import ConnView, DestView, ServiceView, Snapshot, Timeouts, build_snapshot
@@ -46,18 +46,7 @@ _FLAG_BIT = {"flag-1": 1, "sh-fallback": 1, "mh-fallback": 1,
 _FLAG_NAMES = {"sh": ("sh-fallback", "sh-port", "flag-3"),
                "mh": ("mh-fallback", "mh-port", "flag-3")}
 _GENERIC_FLAG_NAMES = ("flag-1", "flag-2", "flag-3")
-
-
-@dataclass(frozen=True, slots=True)
-class ListFormat:
-    """The ``-L`` format options (ipvsadm's FMT_* bits)."""
-
-    stats: bool = False
-    rate: bool = False
-    thresholds: bool = False
-    persistent_conn: bool = False
-    exact: bool = False
-    nosort: bool = False
+_PLAIN = ListFormat()
 
 
 # -- pieces -------------------------------------------------------------------------------------
@@ -133,7 +122,7 @@ def sorted_dests(svc: ServiceView, nosort: bool = False) -> list[DestView]:
 
 
 # -- layouts ------------------------------------------------------------------------------------
-def table(snap: Snapshot, fmt: ListFormat = ListFormat(), service: ServiceView | None = None) -> str:
+def table(snap: Snapshot, fmt: ListFormat = _PLAIN, service: ServiceView | None = None) -> str:
     """``-L``: the banner (not for a single service), the title, then services and their dests."""
     out = []
     if service is None:

@@ -187,6 +187,12 @@ class ConnTable:
     def mark_evictable(self, slot: int) -> None:
         self._evictable.append(slot)
 
+    def evictable_count(self) -> int:
+        """How many slots ``pop_evictable`` could hand out now (without consuming the queue)."""
+        state, key, flags = self.state, self.key, self.flags
+        return len({s for s in self._evictable
+                    if key[s] is not None and not flags[s] & (F_TEMPLATE | F_UDP) and state[s] in EVICTABLE})
+
     def pop_evictable(self) -> int:
         """A live, non-template slot in an evictable state, or -1."""
         q, state, key, flags = self._evictable, self.state, self.key, self.flags

@@ -83,6 +83,44 @@ class ConnInfo:
 ServiceKey = tuple[Proto, ipaddress.IPv4Address, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Where a new packet of a flow would go, and why (``Core.explain``; ``ulvs explain``).
+
+    ``kind`` is one of:
+    * ``connection``: an existing connection carries the flow (``state``, ``expires``; ``dest``
+      may be ``removed``, its packets are then dropped as ``dest_gone``);
+    * ``template``: a persistence template binds the client network (``client`` = caddr masked
+      with ``netmask``) to ``dest`` until ``expires``;
+    * ``scheduled``: the service's scheduler (``sched``) would pick ``dest`` for it;
+    * ``no_dest``: the scheduler finds no available dest ("no destination available");
+    * ``no_service``: no service answers vaddr:vport (the packet is not ulvs's).
+
+    ``replaces`` names the state of a closed connection a new SYN of the flow would replace
+    (conn_reuse_mode); ``table_full`` says a new connection would find the table full with
+    nothing to evict; ``reason`` says it all in one sentence."""
+
+    kind: str
+    proto: Proto
+    caddr: ipaddress.IPv4Address
+    cport: int
+    vaddr: ipaddress.IPv4Address
+    vport: int
+    reason: str
+    service: ServiceKey | None = None
+    sched: str | None = None
+    daddr: ipaddress.IPv4Address | None = None
+    dport: int | None = None
+    method: FwdMethod | None = None
+    state: str | None = None
+    expires: float | None = None          # seconds from ``now``
+    client: ipaddress.IPv4Address | None = None
+    netmask: ipaddress.IPv4Address | None = None
+    removed: bool = False
+    replaces: str | None = None
+    table_full: bool = False              # no room for its connection: dropped (conn_table_full)
+
+
 def _svc_lookup_key(proto: int, vaddr: bytes, vport: int) -> tuple[int, bytes]:
     return (proto, vaddr + _U16.pack(vport))
 
@@ -521,6 +559,80 @@ class Core:
         return expired
 
     # ======================================================================================
+    # Explain: the decision for a flow, with no side effect
+    # ======================================================================================
+    def explain(self, proto: Proto, caddr: ipaddress.IPv4Address, cport: int,
+                vaddr: ipaddress.IPv4Address, vport: int, now: float) -> Explanation:
+        """Where the next packet of ``proto`` caddr:cport -> vaddr:vport would go at ``now``
+        (a TCP flow: its next SYN when no connection carries it), and why.
+
+        The same decisions as the packet path, in the same order -- connection table, then
+        persistence template, then scheduler -- but nothing is created, moved or counted: the
+        scheduler is asked through ``Scheduler.peek``, which runs on a copy of its state."""
+        if proto not in (Proto.TCP, Proto.UDP):
+            raise CoreError("explain takes a TCP or UDP flow")
+        p = int(proto)
+        flow: dict[str, Any] = dict(proto=proto, caddr=caddr, cport=cport, vaddr=vaddr, vport=vport)
+        name = f"{proto.name} {caddr}:{cport} -> {vaddr}:{vport}"
+        key = caddr.packed + vaddr.packed + _PORTS.pack(cport, vport)
+        t = self.table
+        replaces: str | None = None
+        slot = t.tabs[(p, 0)].get(key)
+        if slot is not None:
+            st = t.state[slot]
+            if p == IPPROTO_TCP and st in _REUSABLE and slot not in t.control:
+                replaces = STATE_NAMES[st]        # a new SYN starts over (conn_reuse_mode)
+            else:
+                dest: Dest = t.dest(slot)
+                dport = dest.config.dport or vport
+                where = f"{dest.config.daddr}:{dport}"
+                expires = max(0.0, t.seen(slot) + self.timeouts[st] - now)
+                reason = f"{name}: existing connection in state {STATE_NAMES[st]} to {where}"
+                if dest.removed:
+                    reason += " (its dest was removed: packets are dropped as dest_gone)"
+                return Explanation(
+                    "connection", **flow, reason=reason, service=dest.service.config.key,
+                    sched=dest.service.config.sched, daddr=dest.config.daddr, dport=dport,
+                    method=dest.config.method, state=STATE_NAMES[st], expires=expires,
+                    removed=dest.removed)
+        svc = self._find_service(p, vaddr.packed + _U16.pack(vport))
+        if svc is None:
+            return Explanation("no_service", **flow, reason=f"{name}: no service for {vaddr}:{vport}")
+        cfg = svc.config
+        # Room: free slots (plus the one a replaced connection frees) and evictable entries.
+        room = t.limit - t.count + (replaces is not None) + t.evictable_count()
+        common: dict[str, Any] = dict(service=cfg.key, sched=cfg.sched, replaces=replaces)
+        again = f" (replacing a {replaces} connection)" if replaces else ""
+        no_room = "; but the connection table is full with nothing to evict: dropped (conn_table_full)"
+        ci, vi = int(caddr), int(vaddr)
+        if cfg.persistent is not None:
+            tslot = t.templates.get(_template_key(cfg, p, ci, vi, vport))
+            if tslot is not None and self._template_valid(t.dest(tslot)):
+                dest = t.dest(tslot)
+                info = self._template_info(tslot, now)
+                client = ipaddress.IPv4Address(ci & int(cfg.netmask))
+                full = room < 1
+                return Explanation(
+                    "template", **flow, **common, daddr=dest.config.daddr,
+                    dport=dest.config.dport or vport, method=dest.config.method,
+                    expires=info.expires, client=client, netmask=cfg.netmask, table_full=full,
+                    reason=f"{name}: persistence template {client}/{cfg.netmask} -> "
+                           f"{dest.config.daddr}:{dest.config.dport or vport}, expires in "
+                           f"{int(info.expires)} s{again}{no_room if full else ''}")
+        picked = svc.scheduler.peek(ci, cport, vi, vport, now)
+        if picked is None:
+            return Explanation("no_dest", **common, **flow,
+                               reason=f"{name}: scheduler {cfg.sched} of {_svc_name(cfg)}: "
+                                      f"no destination available{again}")
+        dport = picked.config.dport or vport
+        full = room < (2 if cfg.persistent is not None else 1)    # a new template takes one too
+        return Explanation(
+            "scheduled", **flow, **common, daddr=picked.config.daddr, dport=dport,
+            method=picked.config.method, table_full=full,
+            reason=f"{name}: scheduler {cfg.sched} of {_svc_name(cfg)} picks "
+                   f"{picked.config.daddr}:{dport}{again}{no_room if full else ''}")
+
+    # ======================================================================================
     # Views
     # ======================================================================================
     def conns(self, now: float) -> Iterator[ConnInfo]:
@@ -715,24 +827,15 @@ class Core:
     # -- persistence (ip_vs_sched_persist) ------------------------------------------------------
     def _persist(self, svc: Service, proto: int, caddr: int, cport: int, vaddr: int, vport: int,
                  vkey: bytes, now: float) -> tuple[Dest | None, int]:
-        """The dest of the client network's template, scheduling and creating one if needed.
-
-        Template keys, after IPVS: a service group uses <group, caddr & mask>; a port-0 service
-        or FTP (port 21) uses <proto, caddr & mask, vaddr> so every port of the VIP sticks
-        together; any other service <proto, caddr & mask, vaddr, vport>."""
+        """The dest of the client network's template (keyed by ``_template_key``), scheduling
+        and creating one if needed."""
         cfg = svc.config
-        masked = caddr & int(cfg.netmask)
-        if cfg.proto == Proto.FWM:
-            tkey: tuple[int, ...] = (0, masked, cfg.fwmark)
-        elif cfg.vport in (0, 21):
-            tkey = (proto, masked, vaddr, 0)
-        else:
-            tkey = (proto, masked, vaddr, vport)
+        tkey = _template_key(cfg, proto, caddr, vaddr, vport)
         t = self.table
         tslot = t.templates.get(tkey)
         if tslot is not None:
             dest: Dest = t.dest(tslot)
-            if dest.removed or (dest.weight == 0 and self.expire_quiescent_template):
+            if not self._template_valid(dest):
                 self._kill_template(tslot)
             else:
                 return dest, tslot
@@ -748,6 +851,11 @@ class Core:
         picked.persistconns += 1
         t.schedule(tslot, now + cfg.persistent)
         return picked, tslot
+
+    def _template_valid(self, dest: Dest) -> bool:
+        """A template still binds its client network unless its dest is gone or quiescent
+        (with expire_quiescent_template)."""
+        return not dest.removed and not (dest.weight == 0 and self.expire_quiescent_template)
 
     def _kill_template(self, tslot: int) -> None:
         """Unlink an invalid template; it is freed now or with the last connection it controls."""
@@ -930,7 +1038,21 @@ class Core:
 
 
 def _svc_name(cfg: ServiceConfig) -> str:
+    if cfg.proto == Proto.FWM:
+        return f"FWM {cfg.fwmark}"
     return f"{cfg.proto.name} {cfg.vaddr}:{cfg.vport}"
+
+
+def _template_key(cfg: ServiceConfig, proto: int, caddr: int, vaddr: int, vport: int) -> tuple[int, ...]:
+    """A persistence template's key, after IPVS: a service group uses <group, caddr & mask>; a
+    port-0 service or FTP (port 21) uses <proto, caddr & mask, vaddr> so every port of the VIP
+    sticks together; any other service <proto, caddr & mask, vaddr, vport>."""
+    masked = caddr & int(cfg.netmask)
+    if cfg.proto == Proto.FWM:
+        return (0, masked, cfg.fwmark)
+    if cfg.vport in (0, 21):
+        return (proto, masked, vaddr, 0)
+    return (proto, masked, vaddr, vport)
 
 
 def iter_services(core: Core) -> Iterable[Service]:

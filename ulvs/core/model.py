@@ -163,6 +163,11 @@ class Dest:
     def __repr__(self) -> str:
         return f"Dest({self.config.daddr}:{self.config.dport} w={self.weight})"
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Dest:
+        """A dest is an identity shared by the core and its scheduler, never copied: a deep copy
+        of a scheduler (``Scheduler.peek``) keeps pointing at the very same dests."""
+        return self
+
 
 @dataclass(eq=False, slots=True)
 class Service:

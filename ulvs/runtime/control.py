@@ -26,9 +26,28 @@ Wire shapes (``svc`` = a service key, ``SVC`` = a full service config, ``DST`` =
                                        | {"ok": false, "error": "request 2 of 5 (add_dest): ...",
                                           "index": 1, "reply": <the failing request's own reply>}
 
+  {"cmd": "status"}  -> {"ok": true, "status": {"snapshot": <snapshot, no conns>, "conn_table":
+                         {"count": .., "limit": .., "states": {"ESTABLISHED": .., ...}},
+                         "drops": {"no_dest": .., ...}, "daemon": {...}}}   ("daemon": added by
+                         the daemon: pid, version, uptime, backend, workers, interfaces, socket,
+                         config file and the last reload)
+  {"cmd": "explain", "proto": "tcp"|"udp", "caddr": .., "cport": .., "vaddr": .., "vport": ..}
+                     -> {"ok": true, "explanation": <explanation_to_json>}   (changes nothing)
+  {"cmd": "reload"}  -> {"ok": true, "changes": 3, "config": "/etc/ulvs/rules"}  (the daemon's
+                         own: re-read the config file
+                         and apply the differences, as SIGHUP does; on error the old config
+                         stays and the reply names the error)
+
 Every other reply is {"ok": true} or {"ok": false, "error": "message"}.  Optional fields of SVC
 and DST default as in ``ServiceConfig``/``DestConfig``; ``edit_service`` of a service group may
-omit "members" (the group keeps its own).  A failed batch is rolled back (see ``_restore``).
+omit "members" (the group keeps its own).  Every change is atomic: a request is applied whole or
+not at all, and a failed batch is rolled back (see ``_restore``).
+
+Versions: a request may carry ``"v": 1``, the protocol version it speaks (``PROTOCOL_VERSION``;
+``ulvsadm`` and ``ulvs`` always send it; a request without one is taken as version 1).  A request
+with any other version gets {"ok": false, "error": "unsupported protocol version N (this daemon
+speaks 1)"} and changes nothing.  Every top-level reply carries ``"v": 1``; the replies inside a
+batch reply do not.
 
 Also here: ``diff_requests`` (reload = the requests from the running config to a wanted one) and
 ``RateEstimator`` (``--rate``: the daemon ticks it every 2 s and passes it to ``apply_request``).
@@ -42,205 +61,46 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ulvs.core.engine import Core, CoreError, ServiceKey
-from ulvs.core.model import DestConfig, FwdMethod, GroupMember, Proto, Service, ServiceConfig
+# The request codec lives in L2 (ulvs.config.requests); its names stay importable from here.
+from ulvs.config.requests import MAX_FWMARK as MAX_FWMARK
+from ulvs.config.requests import MAX_TIMEOUT as MAX_TIMEOUT
+from ulvs.config.requests import METHOD_BY_NAME as _METHOD_BY_NAME
+from ulvs.config.requests import MISSING as _MISSING
+from ulvs.config.requests import PROTO_NAME as _PROTO_NAME
+from ulvs.config.requests import JsonObj as JsonObj
+from ulvs.config.requests import RequestError as RequestError
+from ulvs.config.requests import addr_field as _addr
+from ulvs.config.requests import as_object as _obj
+from ulvs.config.requests import bool_field as _bool
+from ulvs.config.requests import count_field as _count
+from ulvs.config.requests import dest_addr_from_json as _dest_addr_from_json
+from ulvs.config.requests import dest_from_json as dest_from_json
+from ulvs.config.requests import dest_to_json as dest_to_json
+from ulvs.config.requests import get_field as _field
+from ulvs.config.requests import int_field as _int
+from ulvs.config.requests import key_name as key_name
+from ulvs.config.requests import list_field as _list
+from ulvs.config.requests import member_from_json as member_from_json
+from ulvs.config.requests import member_to_json as member_to_json
+from ulvs.config.requests import port_field as _port
+from ulvs.config.requests import proto_field as _proto
+from ulvs.config.requests import service_from_json as service_from_json
+from ulvs.config.requests import service_key_from_json as service_key_from_json
+from ulvs.config.requests import service_key_to_json as service_key_to_json
+from ulvs.config.requests import service_to_json as service_to_json
+from ulvs.config.requests import str_field as _str
+from ulvs.core.engine import Core, CoreError, Explanation, ServiceKey
+from ulvs.core.model import DestConfig, FwdMethod, Proto, Service, ServiceConfig
 from ulvs.core.proto_tcp import UDP_STATE, TcpState
 from ulvs.core.stats import Counters
 
 IPVS_VERSION = "1.2.1"          # the IPVS version ipvsadm's banner shows (IP_VS_VERSION_CODE)
-MAX_TIMEOUT = 86400 * 31        # ipvsadm.c MAX_TIMEOUT: 31 days
-MAX_FWMARK = 2**32 - 1
+PROTOCOL_VERSION = 1            # the control protocol's version ("v" of requests and replies)
 
-JsonObj = dict[str, Any]
 DestKey = tuple[ServiceKey, ipaddress.IPv4Address, int]
 
-_PROTO_BY_NAME = {"tcp": Proto.TCP, "udp": Proto.UDP, "fwm": Proto.FWM}
-_PROTO_NAME = {v: k for k, v in _PROTO_BY_NAME.items()}
-_METHOD_BY_NAME = {m.value: m for m in FwdMethod}
-_ANY = ipaddress.IPv4Address(0)
-_HOST_MASK = ipaddress.IPv4Address("255.255.255.255")
 _COUNTER_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 _RATE_FIELDS = ("cps", "inpps", "outpps", "inbps", "outbps")
-
-
-class RequestError(ValueError):
-    """A malformed request or reply: wrong JSON type, missing field, unknown name."""
-
-
-# ==========================================================================================
-# Typed field access (JSON gives us Any; everything is checked before use)
-# ==========================================================================================
-_MISSING: Any = object()
-
-
-def _obj(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise RequestError(f"{what} must be a JSON object, not {_type_name(value)}")
-    return value
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
-            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _field(d: Mapping[str, Any], name: str, default: Any) -> Any:
-    if name in d:
-        return d[name]
-    if default is _MISSING:
-        raise RequestError(f"missing field {name!r}")
-    return default
-
-
-def _int(d: Mapping[str, Any], name: str, default: Any = _MISSING) -> int:
-    v = _field(d, name, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise RequestError(f"field {name!r} must be a whole number, not {_type_name(v)}")
-    return v
-
-
-def _opt_int(d: Mapping[str, Any], name: str) -> int | None:
-    if d.get(name) is None:
-        return None
-    return _int(d, name)
-
-
-def _str(d: Mapping[str, Any], name: str, default: Any = _MISSING) -> str:
-    v = _field(d, name, default)
-    if not isinstance(v, str):
-        raise RequestError(f"field {name!r} must be a string, not {_type_name(v)}")
-    return v
-
-
-def _bool(d: Mapping[str, Any], name: str, default: Any = _MISSING) -> bool:
-    v = _field(d, name, default)
-    if not isinstance(v, bool):
-        raise RequestError(f"field {name!r} must be true or false, not {_type_name(v)}")
-    return v
-
-
-def _list(d: Mapping[str, Any], name: str, default: Any = _MISSING) -> list[Any]:
-    v = _field(d, name, default)
-    if not isinstance(v, list):
-        raise RequestError(f"field {name!r} must be a list, not {_type_name(v)}")
-    return v
-
-
-def _addr(d: Mapping[str, Any], name: str, default: Any = _MISSING) -> ipaddress.IPv4Address:
-    text = _str(d, name, default)
-    try:
-        return ipaddress.IPv4Address(text)
-    except ValueError:
-        raise RequestError(f"field {name!r}: {text!r} is not an IPv4 address") from None
-
-
-def _port(d: Mapping[str, Any], name: str, default: Any = _MISSING) -> int:
-    port = _int(d, name, default)
-    if not 0 <= port <= 65535:
-        raise RequestError(f"field {name!r}: port {port} out of range 0..65535")
-    return port
-
-
-def _proto(d: Mapping[str, Any], allowed: tuple[Proto, ...] = (Proto.TCP, Proto.UDP, Proto.FWM)) -> Proto:
-    name = _str(d, "proto")
-    proto = _PROTO_BY_NAME.get(name)
-    if proto is None or proto not in allowed:
-        names = "/".join(_PROTO_NAME[p] for p in allowed)
-        raise RequestError(f"field 'proto' must be {names}, not {name!r}")
-    return proto
-
-
-# ==========================================================================================
-# Codec: service keys, service and dest configs
-# ==========================================================================================
-def key_name(key: ServiceKey) -> str:
-    """A service as ipvsadm names it: ``TCP 10.0.0.1:80`` or ``FWM 1``."""
-    proto, vaddr, vport = key
-    if proto == Proto.FWM:
-        return f"FWM {vport}"
-    return f"{proto.name} {vaddr}:{vport}"
-
-
-def service_key_to_json(key: ServiceKey) -> JsonObj:
-    proto, vaddr, vport = key
-    if proto == Proto.FWM:
-        return {"proto": "fwm", "fwmark": vport}
-    return {"proto": _PROTO_NAME[proto], "vaddr": str(vaddr), "vport": vport}
-
-
-def service_key_from_json(value: Any) -> ServiceKey:
-    d = _obj(value, "service")
-    proto = _proto(d)
-    if proto == Proto.FWM:
-        return (Proto.FWM, _ANY, _fwmark(d))
-    return (proto, _addr(d, "vaddr"), _port(d, "vport"))
-
-
-def _fwmark(d: Mapping[str, Any]) -> int:
-    mark = _int(d, "fwmark")
-    if not 1 <= mark <= MAX_FWMARK:
-        raise RequestError(f"field 'fwmark': {mark} out of range 1..{MAX_FWMARK}")
-    return mark
-
-
-def member_to_json(m: GroupMember) -> JsonObj:
-    return {"proto": _PROTO_NAME[m[0]], "vaddr": str(m[1]), "vport": m[2]}
-
-
-def member_from_json(value: Any) -> GroupMember:
-    d = _obj(value, "service group member")
-    return (_proto(d, (Proto.TCP, Proto.UDP)), _addr(d, "vaddr"), _port(d, "vport"))
-
-
-def service_to_json(cfg: ServiceConfig) -> JsonObj:
-    out = service_key_to_json(cfg.key)
-    if cfg.proto == Proto.FWM:
-        out["members"] = [member_to_json(m) for m in cfg.members]
-    out.update(sched=cfg.sched, flags=sorted(cfg.flags), persistent=cfg.persistent,
-               netmask=str(cfg.netmask), ops=cfg.ops)
-    return out
-
-
-def service_from_json(value: Any, *, members: tuple[GroupMember, ...] | None = None) -> ServiceConfig:
-    """A ``ServiceConfig``; ``members`` is used for a service group whose JSON has none."""
-    d = _obj(value, "service")
-    proto = _proto(d)
-    flags = _list(d, "flags", [])
-    if not all(isinstance(f, str) for f in flags):
-        raise RequestError("field 'flags' must be a list of strings")
-    common: dict[str, Any] = dict(
-        sched=_str(d, "sched", "wlc"), flags=frozenset(flags), persistent=_opt_int(d, "persistent"),
-        netmask=_addr(d, "netmask", str(_HOST_MASK)), ops=_bool(d, "ops", False))
-    if proto == Proto.FWM:
-        mark = _fwmark(d)
-        if "members" in d:
-            members = tuple(member_from_json(m) for m in _list(d, "members"))
-        if not members:
-            raise RequestError(
-                f"service group {mark} has no members: service groups are defined in the config file "
-                "(or given with ulvsadm --group-member proto:addr:port)")
-        return ServiceConfig(Proto.FWM, _ANY, 0, fwmark=mark, members=members, **common)
-    return ServiceConfig(proto, _addr(d, "vaddr"), _port(d, "vport"), **common)
-
-
-def dest_to_json(cfg: DestConfig) -> JsonObj:
-    return {"daddr": str(cfg.daddr), "dport": cfg.dport, "weight": cfg.weight, "method": cfg.method.value,
-            "u_threshold": cfg.u_threshold, "l_threshold": cfg.l_threshold}
-
-
-def dest_from_json(value: Any) -> DestConfig:
-    d = _obj(value, "dest")
-    name = _str(d, "method", FwdMethod.DROUTE.value)
-    method = _METHOD_BY_NAME.get(name)
-    if method is None:
-        raise RequestError(f"field 'method' must be masq/droute/tunnel, not {name!r}")
-    return DestConfig(_addr(d, "daddr"), _port(d, "dport"), weight=_int(d, "weight", 1), method=method,
-                      u_threshold=_int(d, "u_threshold", 0), l_threshold=_int(d, "l_threshold", 0))
-
-
-def _dest_addr_from_json(value: Any) -> tuple[ipaddress.IPv4Address, int]:
-    d = _obj(value, "dest")
-    return _addr(d, "daddr"), _port(d, "dport")
 
 
 def counters_to_json(c: Counters) -> JsonObj:
@@ -251,12 +111,6 @@ def counters_from_json(value: Any) -> Counters:
     d = _obj(value, "counters")
     return Counters(*(_count(d, f) for f in _COUNTER_FIELDS))
 
-
-def _count(d: Mapping[str, Any], name: str) -> int:
-    v = _int(d, name, 0)
-    if v < 0:
-        raise RequestError(f"field {name!r} must not be negative")
-    return v
 
 
 # ==========================================================================================
@@ -492,6 +346,35 @@ def snapshot_from_json(value: Any) -> Snapshot:
 
 
 # ==========================================================================================
+# Status and explain: the runtime state, and the decision for one flow
+# ==========================================================================================
+def build_status(core: Core, now: float, *, estimator: RateEstimator | None = None) -> JsonObj:
+    """The core's part of ``ulvs status``: services with dests (no connections), the conn
+    table's size, limit and states, the timeouts and the drop counters by reason."""
+    snap = build_snapshot(core, now, conns=False, estimator=estimator)
+    return {
+        "snapshot": snapshot_to_json(snap),
+        "conn_table": {"count": core.conn_count(), "limit": core.table.limit,
+                       "states": core.state_counts()},
+        "drops": core.drop_counts(),
+    }
+
+
+def explanation_to_json(e: Explanation) -> JsonObj:
+    def opt(v: object) -> str | None:
+        return None if v is None else str(v)
+
+    return {
+        "kind": e.kind, "proto": _PROTO_NAME[e.proto], "caddr": str(e.caddr), "cport": e.cport,
+        "vaddr": str(e.vaddr), "vport": e.vport, "reason": e.reason,
+        "service": None if e.service is None else service_key_to_json(e.service), "sched": e.sched,
+        "daddr": opt(e.daddr), "dport": e.dport, "method": None if e.method is None else e.method.value,
+        "state": e.state, "expires": None if e.expires is None else int(e.expires),
+        "client": opt(e.client), "netmask": opt(e.netmask), "removed": e.removed, "replaces": e.replaces,
+    }
+
+
+# ==========================================================================================
 # Applying requests
 # ==========================================================================================
 @dataclass(slots=True)
@@ -590,6 +473,16 @@ def _zero(core: Core, req: Mapping[str, Any], ctx: _Ctx) -> JsonObj:
 def _snapshot(core: Core, req: Mapping[str, Any], ctx: _Ctx) -> JsonObj:
     snap = build_snapshot(core, ctx.now, conns=_bool(req, "conns", True), estimator=ctx.estimator)
     return {"ok": True, "snapshot": snapshot_to_json(snap)}
+
+
+def _status(core: Core, req: Mapping[str, Any], ctx: _Ctx) -> JsonObj:
+    return {"ok": True, "status": build_status(core, ctx.now, estimator=ctx.estimator)}
+
+
+def _explain(core: Core, req: Mapping[str, Any], ctx: _Ctx) -> JsonObj:
+    e = core.explain(_proto(req, (Proto.TCP, Proto.UDP)), _addr(req, "caddr"), _port(req, "cport"),
+                     _addr(req, "vaddr"), _port(req, "vport"), ctx.now)
+    return {"ok": True, "explanation": explanation_to_json(e)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -694,8 +587,12 @@ _HANDLERS: dict[str, _Handler] = {
     "get_timeouts": _get_timeouts,
     "zero": _zero,
     "snapshot": _snapshot,
+    "status": _status,
+    "explain": _explain,
     "batch": _batch,
 }
+# Commands that only read: the daemon need not bring the kernel in line after them.
+READ_ONLY = frozenset({"get_timeouts", "snapshot", "status", "explain"})
 COMMANDS = tuple(_HANDLERS)
 
 
@@ -713,13 +610,30 @@ def _apply(core: Core, req: Any, ctx: _Ctx) -> JsonObj:
         return {"ok": False, "error": f"internal error: {e!r}"}
 
 
+def version_error(req: Any) -> JsonObj | None:
+    """The reply refusing ``req`` for its protocol version, or None when it speaks ours."""
+    if not isinstance(req, dict) or "v" not in req:
+        return None
+    v = req["v"]
+    if type(v) is int and v == PROTOCOL_VERSION:
+        return None
+    shown = json.dumps(v) if not isinstance(v, str) else v
+    return {"ok": False, "v": PROTOCOL_VERSION,
+            "error": f"unsupported protocol version {shown} (this daemon speaks {PROTOCOL_VERSION})"}
+
+
 def apply_request(core: Core, req: Any, now: float, *, estimator: RateEstimator | None = None) -> JsonObj:
-    """Validate and apply one request; returns the reply.  Never raises on bad input."""
+    """Validate and apply one request; returns the reply (with ``"v"``).  Never raises on bad
+    input; a request of another protocol version is refused unapplied."""
+    refused = version_error(req)
+    if refused is not None:
+        return refused
     ctx = _Ctx(now, estimator)
     reply = _apply(core, req, ctx)
     if reply["ok"] and estimator is not None:
         for key in ctx.resets:
             estimator.reset(key)
+    reply["v"] = PROTOCOL_VERSION
     return reply
 
 
@@ -777,7 +691,7 @@ def handle_line(core: Core, line: bytes | str, now: float, *,
     try:
         req = json.loads(line)
     except (ValueError, RecursionError) as e:
-        reply: JsonObj = {"ok": False, "error": f"bad request: not JSON ({e})"}
+        reply: JsonObj = {"ok": False, "v": PROTOCOL_VERSION, "error": f"bad request: not JSON ({e})"}
     else:
         reply = apply_request(core, req, now, estimator=estimator)
     return (json.dumps(reply, separators=(",", ":")) + "\n").encode()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ulvs.core import Core, FwdMethod
-from ulvs.io.afpacket import PacketRing, RingError, has_capability
+from ulvs.io.afpacket import PacketRing, RingConfig, RingError, has_capability
 from ulvs.io.base import Port
 from ulvs.io.tap import TapError, TapPort
 from ulvs.packet.layouts import ARP, ETH, ETH_P_ARP
@@ -44,7 +44,15 @@ from ulvs.runtime.kernel import (
     local_addresses,
 )
 from ulvs.runtime.neigh import Egress, Resolver
-from ulvs.runtime.pool import ArpPort, WorkerLink, group_base, merge_snapshots
+from ulvs.runtime.peercred import ControlGroup, peer_allowed, peer_of, refusal, resolve_group
+from ulvs.runtime.pool import (
+    ArpPort,
+    WorkerLink,
+    group_base,
+    merge_explanations,
+    merge_snapshots,
+    merge_status,
+)
 
 log = logging.getLogger("ulvs")
 
@@ -69,6 +77,8 @@ class Options:
     conn_limit: int = 1_000_000
     workers: int = 1
     gro: bool = True
+    rx_ring: str = "v3"                 # afpacket receive layout (ulvs.io.afpacket.RING_MODES)
+    control_group: str | None = None   # group admitted to the control socket (mode 0660)
 
 
 def check_privileges() -> None:
@@ -91,6 +101,8 @@ def up_interfaces() -> list[str]:
 
 
 class Daemon:
+    REFUSE_GRACE = 2.0      # seconds a refused control peer has to send its request / hang up
+
     def __init__(self, opts: Options, load_config: Callable[[Path], list[dict[str, Any]]]) -> None:
         self.opts = opts
         self.load_config = load_config
@@ -113,6 +125,9 @@ class Daemon:
         self._resolving = False
         self._server: asyncio.AbstractServer | None = None
         self._socket_made = False
+        self._group: ControlGroup | None = None
+        self._started = time.monotonic()
+        self._last_reload: dict[str, Any] | None = None
 
     # -- start / stop ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -120,6 +135,11 @@ class Daemon:
         check_privileges()
         if self.opts.backend not in ("afpacket", "tap"):
             raise DaemonError(f"unknown backend {self.opts.backend!r}; use afpacket or tap")
+        if self.opts.control_group is not None:
+            try:
+                self._group = resolve_group(self.opts.control_group)
+            except ValueError as e:
+                raise DaemonError(str(e)) from None
         requests = self.load_config(self.opts.config) if self.opts.config else []
         names = self.opts.interfaces or up_interfaces()
         if self.opts.backend == "afpacket" and not names:
@@ -144,7 +164,7 @@ class Daemon:
         addrs = _interface_addrs()
         for name in names:
             try:
-                ring = PacketRing(name)
+                ring = PacketRing(name, RingConfig(mode=self.opts.rx_ring))
             except RingError as e:
                 raise DaemonError(f"cannot attach to {name}: {e.strerror or e}") from None
             except PermissionError:
@@ -152,7 +172,8 @@ class Daemon:
             self.ports[ring.ifindex] = ring
             addr = addrs.get(name)
             self.core.set_interface(ring.ifindex, ring.mac, addr)
-            log.info("attached to %s (ifindex %d, %s)", name, ring.ifindex, ring.mac.hex(":"))
+            log.info("attached to %s (ifindex %d, %s, rx ring %s)", name, ring.ifindex, ring.mac.hex(":"),
+                     ring.cfg.mode)
         self.kernel = KernelState(sorted(p.ifname for p in self.ports.values()))
         if self.opts.gro:
             self.kernel.enable_gro()
@@ -179,9 +200,13 @@ class Daemon:
                               p.send_frame) for i, p in self.ports.items()},
             set_neighbor=self._set_neighbor)
         base = group_base()
-        self.links = [WorkerLink(i, sorted(names), base, self.opts.conn_limit)
-                      for i in range(self.opts.workers)]
-        for link in self.links:
+        # One worker at a time: a worker answers its first message only after joining its
+        # fanout groups, and both receive lanes of an interface must list the workers in the
+        # same order (member k of each group is worker k; see ulvs.io.afpacket).
+        self.links = []
+        for i in range(self.opts.workers):
+            link = WorkerLink(i, sorted(names), base, self.opts.conn_limit, self.opts.rx_ring)
+            self.links.append(link)
             for p in self.ports.values():
                 a = addrs.get(p.ifname)
                 self._call(link, {"op": "interface", "ifindex": p.ifindex, "mac": p.mac.hex(),
@@ -334,6 +359,9 @@ class Daemon:
             link.stop()
         self.links = []
         for port in self.ports.values():
+            if getattr(port, "holes", 0):
+                log.warning("%s: stepped over %d unfilled receive-ring slot(s) under overload",
+                            port.ifname, getattr(port, "holes", 0))
             port.close()
         self.ports.clear()
         self._nl.shutdown(wait=True)
@@ -491,25 +519,26 @@ class Daemon:
             self._server = await asyncio.start_unix_server(self._client, path=str(path))
         finally:
             os.umask(old)
-        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
         self._socket_made = True
+        if self._group is not None:
+            os.chown(path, -1, self._group.gid)
+            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP)
+        else:
+            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from ulvs.runtime.control import apply_request
+        from ulvs.runtime.control import PROTOCOL_VERSION
 
         try:
+            if not await self._admit(reader, writer):
+                return
             while line := await reader.readline():
                 try:
                     req = json.loads(line)
                 except ValueError as e:
-                    reply: dict[str, Any] = {"ok": False, "error": f"bad JSON: {e}"}
+                    reply: dict[str, Any] = {"ok": False, "v": PROTOCOL_VERSION, "error": f"bad JSON: {e}"}
                 else:
-                    reply = apply_request(self.core, req, time.monotonic(), estimator=self.estimator) \
-                        if isinstance(req, dict) else {"ok": False, "error": "a request is a JSON object"}
-                    if reply.get("ok") and self.links:
-                        reply = self._forward(req, reply)
-                    if reply.get("ok") and req.get("cmd") not in ("snapshot", "get_timeouts"):
-                        await self._after_change()
+                    reply = await self._handle(req)
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -517,9 +546,86 @@ class Daemon:
         finally:
             writer.close()
 
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """SO_PEERCRED check (``ulvs.runtime.peercred``): a refused peer gets one reply naming
+        the reason, and the connection is closed.
+
+        The reply answers the peer's first request, which is read (and ignored) first, and the
+        rest of its input is drained after a half-close: closing a unix socket with unread data
+        resets it, and the peer could lose the reply."""
+        from ulvs.runtime.control import PROTOCOL_VERSION
+
+        own = os.geteuid()
+        try:
+            peer = peer_of(writer.get_extra_info("socket"))
+        except (OSError, AttributeError, TypeError) as e:
+            log.warning("control socket: cannot read the peer's credentials, refused: %s", e)
+            return False
+        if peer_allowed(peer, own, self._group):
+            return True
+        message = refusal(peer, own, self._group)
+        log.warning("control socket: refused pid %d (uid %d, gid %d): %s", peer.pid, peer.uid, peer.gid,
+                    message)
+        quiet = (ConnectionError, asyncio.TimeoutError, asyncio.LimitOverrunError, ValueError)
+        with contextlib.suppress(*quiet):
+            await asyncio.wait_for(reader.readline(), self.REFUSE_GRACE)
+        with contextlib.suppress(*quiet):
+            writer.write(json.dumps({"ok": False, "v": PROTOCOL_VERSION, "error": message}).encode() + b"\n")
+            writer.write_eof()
+            await writer.drain()
+            async with asyncio.timeout(self.REFUSE_GRACE):
+                while await reader.read(65536):
+                    pass
+        return False
+
+    async def _handle(self, req: Any) -> dict[str, Any]:
+        """One request: the daemon's own commands (reload, the daemon part of status) here,
+        everything else applied to the core (and forwarded to the workers)."""
+        from ulvs.runtime.control import PROTOCOL_VERSION, READ_ONLY, apply_request, version_error
+
+        if not isinstance(req, dict):
+            return {"ok": False, "v": PROTOCOL_VERSION, "error": "a request is a JSON object"}
+        refused = version_error(req)
+        if refused is not None:
+            return refused
+        cmd = req.get("cmd")
+        if cmd == "reload":
+            return await self.reload_config("reload request")
+        reply = apply_request(self.core, req, time.monotonic(), estimator=self.estimator)
+        if reply.get("ok") and self.links:
+            reply = self._forward(req, reply)
+        if reply.get("ok") and cmd == "status":
+            reply["status"]["daemon"] = self._daemon_info()
+        if reply.get("ok") and cmd not in READ_ONLY:
+            await self._after_change()
+        return reply
+
+    def _daemon_info(self) -> dict[str, Any]:
+        from ulvs import __version__
+        from ulvs.runtime.control import PROTOCOL_VERSION
+
+        path = self.opts.control_socket
+        try:
+            mode = f"{stat.S_IMODE(path.stat().st_mode):04o}"
+        except OSError:
+            mode = None
+        return {
+            "pid": os.getpid(), "version": __version__, "protocol": PROTOCOL_VERSION,
+            "uptime": round(time.monotonic() - self._started, 3), "backend": self.opts.backend,
+            "workers": self.opts.workers, "worker_pids": [link.proc.pid for link in self.links],
+            "interfaces": sorted(p.ifname for p in self.ports.values()),
+            "control_socket": str(path), "control_socket_mode": mode,
+            "control_group": self._group.name if self._group is not None else None,
+            "conn_limit": self.opts.conn_limit,
+            "config": str(self.opts.config) if self.opts.config is not None else None,
+            "last_reload": self._last_reload,
+        }
+
     def _forward(self, req: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
-        """A request the main process accepted goes to every worker; snapshots are merged."""
-        if req.get("cmd") == "get_timeouts":
+        """A request the main process accepted goes to every worker; snapshots and status are
+        merged, and explain asks every worker (each has its own connections and scheduler)."""
+        cmd = req.get("cmd")
+        if cmd == "get_timeouts":
             return reply
         parts = []
         for link in self.links:
@@ -527,11 +633,15 @@ class Daemon:
                 wr = self._call(link, {"op": "request", "req": req})
             except DaemonError as e:
                 log.error("%s", e)
-                return {"ok": False, "error": str(e)}
-            if req.get("cmd") == "snapshot":
-                parts.append(wr["snapshot"])
-        if req.get("cmd") == "snapshot":
+                return {"ok": False, "v": reply.get("v"), "error": str(e)}
+            if cmd in ("snapshot", "status", "explain"):
+                parts.append(wr[str(cmd)] if cmd != "explain" else wr["explanation"])
+        if cmd == "snapshot":
             return {**reply, "snapshot": merge_snapshots(reply["snapshot"], parts)}
+        if cmd == "status":
+            return {**reply, "status": merge_status(reply["status"], parts)}
+        if cmd == "explain":
+            return {**reply, "explanation": merge_explanations(parts)}
         return reply
 
     async def _after_change(self) -> None:
@@ -543,23 +653,31 @@ class Daemon:
     # -- reload ---------------------------------------------------------------------------------
     def reload(self) -> None:
         """SIGHUP: re-read the configuration and apply only the differences."""
-        asyncio.ensure_future(self._reload())
+        asyncio.ensure_future(self.reload_config("SIGHUP"))
 
-    async def _reload(self) -> None:
+    async def reload_config(self, why: str) -> dict[str, Any]:
+        """Re-read the configuration and apply only the differences (SIGHUP, and the control
+        command "reload", whose reply this is).  On any error the running configuration stays."""
+        from ulvs.runtime.control import PROTOCOL_VERSION, diff_requests
+
         if self.opts.config is None:
-            log.info("SIGHUP: no configuration file to reload")
-            return
-        from ulvs.runtime.control import diff_requests
-
+            log.info("%s: no configuration file to reload", why)
+            return {"ok": False, "v": PROTOCOL_VERSION,
+                    "error": "no configuration file to reload (ulvs run was started without --config)"}
+        at = time.time()
         try:
             wanted = self.load_config(self.opts.config)
             changes = diff_requests(self.core, wanted)
             self._apply_requests(changes, "reload")
         except (DaemonError, ValueError, OSError) as e:
             log.error("reload of %s failed, configuration unchanged: %s", self.opts.config, e)
-            return
+            self._last_reload = {"at": at, "by": why, "ok": False, "error": str(e)}
+            return {"ok": False, "v": PROTOCOL_VERSION,
+                    "error": f"reload of {self.opts.config} failed, configuration unchanged: {e}"}
         await self._after_change()
         log.info("reloaded %s: %d change(s)", self.opts.config, len(changes))
+        self._last_reload = {"at": at, "by": why, "ok": True, "changes": len(changes)}
+        return {"ok": True, "v": PROTOCOL_VERSION, "changes": len(changes), "config": str(self.opts.config)}
 
 
 def _socket_alive(path: Path) -> bool:

@@ -30,10 +30,12 @@ ETH_P_ARP = 0x0806
 class WorkerLink:
     """One worker process and the socket to it."""
 
-    def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int) -> None:
+    def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
+                 rx_ring: str = "v3") -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [sys.executable, "-m", "ulvs.runtime.worker", "--control-fd", str(child.fileno()),
-                "--index", str(index), "--group-base", str(group_base), "--conn-limit", str(conn_limit)]
+                "--index", str(index), "--group-base", str(group_base), "--conn-limit", str(conn_limit),
+                "--rx-ring", rx_ring]
         for name in interfaces:
             argv += ["--interface", name]
         self.index = index
@@ -172,6 +174,33 @@ def merge_snapshots(base: dict[str, Any], parts: list[dict[str, Any]]) -> dict[s
         out["conns"] = conns
     out["rates_estimated"] = all(p.get("rates_estimated", False) for p in parts) if parts else False
     return out
+
+
+def merge_status(base: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The main process's status (configuration) with every worker's connection table and drop
+    counters added up: each worker has a table of its own, so the limit is their sum."""
+    out = dict(base)
+    out["snapshot"] = merge_snapshots(base["snapshot"], [p["snapshot"] for p in parts])
+    states: dict[str, int] = {}
+    drops: dict[str, int] = dict(base.get("drops", {}))
+    for p in parts:
+        _add(states, p["conn_table"].get("states", {}))
+        _add(drops, p.get("drops", {}))
+    out["conn_table"] = {"count": sum(p["conn_table"]["count"] for p in parts),
+                         "limit": sum(p["conn_table"]["limit"] for p in parts),
+                         "states": states, "workers": len(parts)}
+    out["drops"] = drops
+    return out
+
+
+def merge_explanations(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every worker's explanation of one flow, as one.  A worker holding a connection or a
+    template for the flow decides it (``worker`` names it).  Otherwise the worker the kernel's
+    fanout hands the flow to decides, so each worker's own choice is listed in ``workers``."""
+    for i, p in enumerate(parts):
+        if p.get("kind") in ("connection", "template"):
+            return {**p, "worker": i}
+    return {**parts[0], "workers": parts}
 
 
 def group_base() -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ulvs.core import Core
 from ulvs.io import fanout
-from ulvs.io.afpacket import PacketRing
+from ulvs.io.afpacket import RING_MODES, PacketRing, RingConfig
 from ulvs.runtime.control import RateEstimator, apply_request
 
 log = logging.getLogger("ulvs.worker")
@@ -37,14 +37,15 @@ def fanout_group(base: int, ifindex: int) -> int:
 
 
 class Worker:
-    def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int) -> None:
+    def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
+                 rx_ring: str = "v3") -> None:
         self.index = index
         self.core = Core(conn_limit=conn_limit)
         self.estimator = RateEstimator()
         self.ports: dict[int, PacketRing] = {}
         for name in interfaces:
             ifindex = socket.if_nametoindex(name)
-            ring = PacketRing(name, fanout_group=fanout_group(group_base, ifindex))
+            ring = PacketRing(name, RingConfig(mode=rx_ring), fanout_group=fanout_group(group_base, ifindex))
             self.ports[ring.ifindex] = ring
         self._timer: asyncio.TimerHandle | None = None
 
@@ -161,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-base", type=int, required=True)
     ap.add_argument("--conn-limit", type=int, required=True)
     ap.add_argument("--interface", action="append", default=[])
+    ap.add_argument("--rx-ring", choices=RING_MODES, default="v3")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s ulvs-worker{args.index}[%(process)d] %(levelname)s %(message)s")
     control = socket.socket(fileno=args.control_fd)
-    worker = Worker(args.index, args.interface, args.group_base, args.conn_limit)
+    worker = Worker(args.index, args.interface, args.group_base, args.conn_limit, args.rx_ring)
     try:
         try:
             import uvloop

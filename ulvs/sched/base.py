@@ -11,9 +11,10 @@ that is not ``available`` (weight 0 = quiescent, or overloaded) gets no new conn
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from ulvs.core.model import Dest
@@ -65,6 +66,29 @@ class Scheduler(ABC):
     @abstractmethod
     def schedule(self, caddr: int, cport: int, vaddr: int, vport: int) -> Dest | None:
         """Pick a dest for a new connection, or None: "no destination available"."""
+
+    def peek(self, caddr: int, cport: int, vaddr: int, vport: int, now: float) -> Dest | None:
+        """The dest ``schedule`` would pick for this flow at ``now``, changing no state at all.
+
+        ``schedule`` runs on a throwaway deep copy of this scheduler.  The copy shares the Dest
+        records (``Dest.__deepcopy__`` returns the dest itself), so identity checks and the dest
+        returned are the real ones, while everything the scheduler owns -- cursors, heaps,
+        caches, random generators -- is copied.  Each dest's ``sched_data`` is copied with the
+        same memo (so the copy's references into it stay consistent), swapped in for the call
+        and restored afterwards.  A scheduler may override this with a cheaper exact answer."""
+        dests = list(self.dests)
+        originals = [d.sched_data for d in dests]
+        memo: dict[int, Any] = {}
+        scratch = copy.deepcopy(originals, memo)
+        clone = copy.deepcopy(self, memo)
+        clone.now = now
+        try:
+            for d, data in zip(dests, scratch, strict=True):
+                d.sched_data = data
+            return clone.schedule(caddr, cport, vaddr, vport)
+        finally:
+            for d, data in zip(dests, originals, strict=True):
+                d.sched_data = data
 
 
 _REGISTRY: dict[str, Callable[[frozenset[str]], Scheduler]] = {}

@@ -10,11 +10,12 @@ injected (``random.Random``) so tests and simulations are reproducible.
 
 from __future__ import annotations
 
+import copy
 import random
 from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ulvs.sched.base import Scheduler, register
 
@@ -27,9 +28,22 @@ class TwoRandomChoices(Scheduler):
 
     def __init__(self, flags: frozenset[str] = frozenset(), rng: random.Random | None = None) -> None:
         super().__init__(flags)
-        self._random = (rng if rng is not None else random.Random()).random
+        self._rng = rng if rng is not None else random.Random()
+        self._random = self._rng.random        # bound once: a C method, called twice a pick
         self._eligible: list[Dest] = []
         self._cum: list[int] = []
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TwoRandomChoices:
+        # copy.deepcopy treats a C method such as Random.random as atomic, so a plain deep copy
+        # would keep drawing from *this* generator (Scheduler.peek would advance it).  Copy
+        # the generator and bind the copy's method to it.
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        for name, value in vars(self).items():
+            if name != "_random":
+                setattr(clone, name, copy.deepcopy(value, memo))
+        clone._random = clone._rng.random
+        return clone
 
     def rebuild(self, dests: Sequence[Dest]) -> None:
         self.dests = dests

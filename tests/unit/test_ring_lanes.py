@@ -1,0 +1,134 @@
+"""The small receive lane's reader (TPACKET_V2 slots) against a ring laid out in plain memory.
+
+The kernel side is played by the test: it writes a ``tpacket2_hdr`` and a frame into a slot
+and flips the slot's status to TP_STATUS_USER, exactly as ``tpacket_rcv`` does.  The reader
+must hand slots over in ring order, stop at the first slot still owned by the kernel, give
+slots back only after the consumer is done with them, split batches at ``batch_max``, wrap, and
+step over a hole (a kernel-owned slot followed by ``HOLE_SPAN`` filled ones).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from ulvs.io import afpacket
+from ulvs.io.afpacket import HOLE_SPAN, TP_STATUS_KERNEL, TP_STATUS_USER, VNET_LEN, PacketRing, RingConfig
+from ulvs.io.base import Batch
+
+SLOT = 2048
+MAC_OFF = 96          # where the frame starts in a slot (after the header and the vnet header)
+HDR = struct.Struct("=IIIHH")
+
+
+def make_ring(slots: int = 64, batch_max: int = 16) -> PacketRing:
+    ring = PacketRing.__new__(PacketRing)       # no socket: only the reader's state
+    ring.cfg = RingConfig(slot_size=SLOT, slot_count=slots, batch_max=batch_max)
+    ring.map = bytearray(SLOT * slots)          # type: ignore[assignment]
+    ring.batch = Batch()
+    ring.ifindex = 7
+    ring.ifname = "fake0"
+    ring.lanes = True
+    ring._next_slot = 0
+    ring.holes = 0
+    return ring
+
+
+def fill(ring: PacketRing, slot: int, payload: bytes, needs_csum: bool = False) -> None:
+    """What the kernel does for one frame."""
+    m = ring.map
+    base = slot * SLOT
+    m[base + MAC_OFF - VNET_LEN] = 1 if needs_csum else 0
+    m[base + MAC_OFF:base + MAC_OFF + len(payload)] = payload
+    HDR.pack_into(m, base, TP_STATUS_USER, len(payload), len(payload), MAC_OFF, MAC_OFF + 14)
+
+
+def status(ring: PacketRing, slot: int) -> int:
+    return int(struct.unpack_from("=I", ring.map, slot * SLOT)[0])
+
+
+def frames(b: Batch) -> list[bytes]:
+    return [bytes(b.bufs[j][b.offs[j]:b.offs[j] + b.lens[j]]) for j in range(b.count)]
+
+
+def test_slots_are_read_in_order_and_given_back_after_the_batch() -> None:
+    ring = make_ring()
+    for i in range(5):
+        fill(ring, i, bytes([i]) * 60, needs_csum=i == 3)
+    gen = ring._slot_batches()
+    b = next(gen)
+    assert frames(b) == [bytes([i]) * 60 for i in range(5)]
+    assert list(b.partial) == [0, 0, 0, 1, 0]
+    assert b.vnet == [o - VNET_LEN for o in b.offs] and b.ifins == [7] * 5
+    assert all(status(ring, i) == TP_STATUS_USER for i in range(5))   # still the consumer's
+    assert list(gen) == []
+    assert all(status(ring, i) == TP_STATUS_KERNEL for i in range(5))
+    assert ring._next_slot == 5
+
+
+def test_reader_stops_at_a_slot_the_kernel_is_still_writing() -> None:
+    ring = make_ring()
+    fill(ring, 0, b"a" * 60)
+    fill(ring, 2, b"c" * 60)                  # slot 1 not finished yet
+    assert [frames(b) for b in ring._slot_batches()] == [[b"a" * 60]]
+    assert ring._next_slot == 1 and ring.holes == 0
+    fill(ring, 1, b"b" * 60)
+    assert [frames(b) for b in ring._slot_batches()] == [[b"b" * 60, b"c" * 60]]
+
+
+def test_batches_split_at_batch_max_and_wrap_around() -> None:
+    ring = make_ring(slots=64, batch_max=16)
+    ring._next_slot = 50
+    for k in range(40):                        # slots 50..63, then 0..25
+        fill(ring, (50 + k) % 64, k.to_bytes(2, "big") * 30)
+    sizes, got = [], []
+    for b in ring._slot_batches():
+        sizes.append(b.count)
+        got += frames(b)
+    assert sizes == [16, 16, 8]
+    assert got == [k.to_bytes(2, "big") * 30 for k in range(40)]
+    assert ring._next_slot == 26
+    assert all(status(ring, s) == TP_STATUS_KERNEL for s in range(64))
+
+
+def test_a_hole_is_stepped_over_and_counted() -> None:
+    ring = make_ring(slots=128, batch_max=64)
+    for s in range(1, 1 + HOLE_SPAN + 3):      # slot 0 never filled, the ones after it are
+        fill(ring, s, s.to_bytes(1, "big") * 60)
+    got = [f for b in ring._slot_batches() for f in frames(b)]
+    assert got == [s.to_bytes(1, "big") * 60 for s in range(1, 1 + HOLE_SPAN + 3)]
+    assert ring.holes == 1
+
+
+@pytest.mark.parametrize("filled_after", [1, HOLE_SPAN - 1])
+def test_a_late_slot_is_not_mistaken_for_a_hole(filled_after: int) -> None:
+    ring = make_ring(slots=128, batch_max=64)
+    for s in range(1, 1 + filled_after):
+        fill(ring, s, b"x" * 60)
+    assert list(ring._slot_batches()) == []
+    assert ring._next_slot == 0 and ring.holes == 0
+
+
+def test_length_filters_split_at_small_max() -> None:
+    small = afpacket._length_filter(1600, small=True)
+    big = afpacket._length_filter(1600, small=False)
+
+    def run(code: bytes, length: int) -> int:
+        # a four-instruction classic BPF interpreter for exactly this program shape
+        insns = [struct.unpack("=HBBI", code[i:i + 8]) for i in range(0, len(code), 8)]
+        pc, acc = 0, 0
+        while True:
+            op, jt, jf, k = insns[pc]
+            if op == 0x80:
+                acc, pc = length, pc + 1
+            elif op == 0x25:
+                pc = pc + 1 + (jt if acc > k else jf)
+            elif op == 0x06:
+                return k
+            else:
+                raise AssertionError(f"unexpected opcode {op:#x}")
+
+    for length, is_small in ((60, True), (1514, True), (1600, True), (1601, False), (65000, False)):
+        assert bool(run(small, length)) is is_small
+        assert bool(run(big, length)) is not is_small
