@@ -59,11 +59,11 @@ def nat_rules(sched: str = "rr", weights: tuple[int, ...] = (1, 1, 1), method: s
 
 @contextmanager
 def director(lab: Lab, rules: str, backend: str = "afpacket",
-             extra: tuple[str, ...] = ()) -> Iterator[Director]:
+             extra: tuple[str, ...] = (), config_name: str = "rules") -> Iterator[Director]:
     """Start the daemon with ``rules`` and wait until its control socket answers; on exit stop
     it with SIGTERM (by PID) and require a clean exit."""
     tmp = Path(tempfile.mkdtemp(prefix="ulvs-e2e-"))
-    cfg = tmp / "rules"
+    cfg = tmp / config_name
     cfg.write_text(rules)
     sock = str(tmp / "ulvs.sock")
     log = tmp / "daemon.log"
