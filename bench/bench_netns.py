@@ -51,8 +51,9 @@ Needs root, iproute2, nftables, gcc, wrk, nginx, haproxy and iperf3 (see
 process the bench starts is stopped by PID and every namespace removed (the Lab context manager),
 also on Ctrl-C, SIGTERM or errors.
 
-Usage: bench/bench_netns.py [--quick] [--json] [--systems ulvs,nft_dnat,...]
+Usage: bench/bench_netns.py [--quick] [--json] [--systems ulvs,ulvs_w2,nft_dnat,...]
                             [--figures pps,syn,http,lat,bulk] [--out DIR] [--no-plots] [--no-rps]
+                            [--rx-ring v3|lanes]
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class Settings:
     lat_secs: int
     rps: bool = True
     groups: tuple[str, ...] = GROUPS
+    rx_ring: str = "v3"         # ulvs run --rx-ring
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
@@ -678,6 +680,8 @@ class Env:
             self.lab.director_if_server,
             "--workers",
             str(ULVS_WORKERS.get(self.system, 1)),
+            "--rx-ring",
+            self.s.rx_ring,
         ]
         proc = self.procs.start("director", argv, "ulvs", log)
         deadline = time.monotonic() + 20
@@ -1312,6 +1316,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-rps", action="store_true", help="leave the director's receive processing unsteered")
+    ap.add_argument("--rx-ring", choices=("v3", "lanes"), default="v3", help="ulvs run --rx-ring (v3)")
     args = ap.parse_args(argv)
     systems = tuple(x for x in args.systems.split(",") if x)
     groups = tuple(x for x in args.figures.split(",") if x)
@@ -1320,7 +1325,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_netns: needs root (network namespaces)", file=sys.stderr)
         return 2
-    s = replace(Settings.make(args.quick), rps=not args.no_rps, groups=groups)
+    s = replace(Settings.make(args.quick), rps=not args.no_rps, groups=groups, rx_ring=args.rx_ring)
     result = run(s, systems)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:

@@ -32,6 +32,8 @@ def make_ring(slots: int = 64, batch_max: int = 16) -> PacketRing:
     ring.lanes = True
     ring._next_slot = 0
     ring.holes = 0
+    ring._hole_at = -1
+    ring._hole_since = 0.0
     return ring
 
 
@@ -108,6 +110,23 @@ def test_a_late_slot_is_not_mistaken_for_a_hole(filled_after: int) -> None:
         fill(ring, s, b"x" * 60)
     assert list(ring._slot_batches()) == []
     assert ring._next_slot == 0 and ring.holes == 0
+    fill(ring, 0, b"w" * 60)                   # the kernel finishes it: read in order
+    got = [f for b in ring._slot_batches() for f in frames(b)]
+    assert got == [b"w" * 60] + [b"x" * 60] * filled_after and ring.holes == 0
+
+
+def test_an_unfilled_slot_trailing_a_filled_one_becomes_a_hole_after_the_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(afpacket.time, "monotonic", lambda: clock[0])
+    ring = make_ring(slots=128, batch_max=64)
+    fill(ring, 1, b"y" * 60)                   # slot 0 stays the kernel's: little traffic follows
+    assert list(ring._slot_batches()) == []
+    clock[0] += afpacket.HOLE_WAIT / 2
+    assert list(ring._slot_batches()) == [] and ring.holes == 0
+    clock[0] += afpacket.HOLE_WAIT
+    assert [f for b in ring._slot_batches() for f in frames(b)] == [b"y" * 60]
+    assert ring.holes == 1 and ring._next_slot == 2
 
 
 def test_length_filters_split_at_small_max() -> None:

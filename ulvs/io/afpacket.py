@@ -16,8 +16,9 @@ Receive uses ``ETH_P_ALL`` packet sockets with ``PACKET_VNET_HDR``
   sockets sit in one epoll set whose descriptor is the port's ``fileno()``.  Measured: a 92 us
   UDP round trip through the director against 1,001 us with ``v3``.  Not the default: under
   sustained overload (the bench's pps sweeps) its slot cursor has been seen to fall out of step
-  with the kernel's -- slots the kernel had refilled were found given back.  The reader steps
-  over such holes (``_skip_hole``), but the bench still saw stalls of seconds.
+  with the kernel's -- slots with a fresh header but the kernel's status were found right
+  behind the cursor.  The reader steps over such holes (``_skip_hole``), yet after a pps sweep
+  the bench's HTTP runs still stall on this layout; the cause is not found yet.
 
 Either way the frames are handed to the core as one batch (offsets into the mmap, no copies),
 the forwarded ones are transmitted straight out of the ring, and the slots go back to the
@@ -41,6 +42,7 @@ import os
 import select
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +89,8 @@ class RingError(OSError):
 
 
 RING_MODES = ("lanes", "v3")
-HOLE_SPAN = 32
+HOLE_SPAN = 32          # filled slots after an unfilled one that make it a hole
+HOLE_WAIT = 0.001       # s an unfilled slot may trail a filled one before it is a hole
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +193,8 @@ class PacketRing:
         self._next_block = 0
         self._next_slot = 0
         self.holes = 0              # small-lane slots stepped over (see _skip_hole)
+        self._hole_at = -1
+        self._hole_since = 0.0
         self._big_bufs = [bytearray(cfg.big_size) for _ in range(cfg.big_count)] if self.lanes else []
         self.mac = bytes.fromhex(_read_sys(ifname, "address").replace(":", ""))
         self.mtu = int(_read_sys(ifname, "mtu"))
@@ -281,18 +286,30 @@ class PacketRing:
                 return
 
     def _skip_hole(self, slot: int) -> bool:
-        """Step over ``slot`` when it is a hole: still the kernel's while the ``HOLE_SPAN``
-        slots after it are all filled.  Under sustained overload the kernel's head and ours
-        have been seen to drift apart by a slot that is never filled in this lap (seen only in
-        the daemon, never reproduced in isolation), which would leave this reader waiting for
-        a full lap while the kernel drops.  A slot the kernel is still writing cannot trail
-        that many finished ones; if it ever did, it is read a lap late."""
+        """Step over ``slot`` when it is a hole: still the kernel's while slots after it are
+        filled.  Under sustained overload the daemon's small lane has been seen to find a slot
+        with a fresh header but the kernel's status, right behind slots it had given back (never
+        reproduced outside the daemon); waiting for it would stall the lane for a whole lap, or
+        for ever when little traffic follows.  A slot the kernel is still writing is finished
+        within microseconds, so a slot is a hole when the ``HOLE_SPAN`` slots after it are all
+        filled, or when it is still unfilled ``HOLE_WAIT`` seconds after a later one was seen
+        filled.  Were a slow write ever stepped over, its frame is read a lap late."""
         m, size, count = self.map, self.cfg.slot_size, self.cfg.slot_count
         get = _STATUS.unpack_from
-        for k in range(1, HOLE_SPAN + 1):
-            (status,) = get(m, ((slot + k) % count) * size)
-            if not status & TP_STATUS_USER:
+        (after,) = get(m, ((slot + 1) % count) * size)
+        if not after & TP_STATUS_USER:
+            self._hole_at = -1
+            return False          # nothing after it either: the lane is simply empty
+        filled = all(get(m, ((slot + k) % count) * size)[0] & TP_STATUS_USER
+                     for k in range(2, HOLE_SPAN + 1))
+        if not filled:
+            now = time.monotonic()
+            if self._hole_at != slot:
+                self._hole_at, self._hole_since = slot, now
                 return False
+            if now - self._hole_since < HOLE_WAIT:
+                return False
+        self._hole_at = -1
         self._next_slot = (slot + 1) % count
         self.holes += 1
         return True
