@@ -1200,3 +1200,25 @@ def test_docs_example_is_detected_as_keepalived() -> None:
     from ulvs.config import detect
     path = ROOT / "docs/examples/keepalived.conf"
     assert detect(str(path), path.read_text()) == "keepalived"
+
+
+def test_udp_check_hex_is_free_format_and_require_reply_takes_wildcards() -> None:
+    text = """virtual_server 10.77.1.100 53 {
+    protocol UDP
+    real_server 10.77.2.11 53 {
+        UDP_CHECK {
+            payload Ab12f 3
+            require_reply 00xX 12
+        }
+    }
+}
+"""
+    from ulvs.config import keepalived
+
+    result = keepalived.parse(text, "k.conf", None)
+    spec = result.config.services[0].dests[0].checks[0]
+    assert spec.get("payload") == "ab12f3"
+    assert spec.get("require_reply") == "00xx12"
+    bad = text.replace("payload Ab12f 3", "payload Ab12f")
+    with pytest.raises(ConfigError, match=r"k\.conf:5: .*not hex bytes"):
+        keepalived.parse(bad, "k.conf", None)

@@ -288,6 +288,7 @@ def _include(tok: Token, args: list[Token], include: Includer | None, ctx: _Ctx,
 _INT = re.compile(r"[+-]?[0-9]+\Z")
 _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)\Z")
 _HEX = re.compile(r"([0-9A-Fa-f]{2})+\Z")
+_HEX_X = re.compile(r"([0-9A-Fa-fXx]{2})+\Z")
 _STATUS = re.compile(r"[0-9]{3}(-[0-9]{3})?(,[0-9]{3}(-[0-9]{3})?)*\Z")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -417,6 +418,17 @@ def _hex(stmt: Stmt) -> str:
     return value.lower()
 
 
+def _hex_free(stmt: Stmt, wildcard: bool = False) -> str:
+    """keepalived's free-format hex (UDP_CHECK payload / require_reply): the values joined,
+    spaces ignored (``Ab12f 3`` = ab 12 f3); with ``wildcard`` an X nibble matches anything."""
+    value = "".join(a.text for a in stmt.args).lower()
+    pattern = _HEX_X if wildcard else _HEX
+    if not value or not pattern.match(value):
+        what = "0-9a-f, or X for any nibble" if wildcard else "0-9a-f"
+        raise _err(stmt, f"{value!r} is not hex bytes (an even number of {what}, spaces ignored)")
+    return value
+
+
 def _status_code(stmt: Stmt) -> int | str:
     value = _text(stmt)
     if not _STATUS.match(value):
@@ -467,8 +479,8 @@ CHECK_CONVERTERS: dict[str, _Conv] = {
     "helo_name": _text,
     "type": lambda s: _choice(s, _one(s), _DNS_TYPES),
     "name": _text,
-    "payload": _hex,
-    "require_reply": lambda s: _hex(s) if s.args else True,
+    "payload": _hex_free,
+    "require_reply": lambda s: _hex_free(s, wildcard=True) if s.args else True,
     "min_reply_length": lambda s: _int(s, 0, 65535),
     "max_reply_length": lambda s: _int(s, 0, 65535),
     "misc_path": _joined,
