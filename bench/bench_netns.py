@@ -1007,6 +1007,16 @@ def run_system(system: str, s: Settings, notes: list[str], details: dict[str, An
             fig["overload_ratio"] = det.get("pps_1000", {}).get("overload_ratio")
             if system == "kernel_forward":
                 fig["pps_dr"] = fig["pps_nat"]
+            if system in ULVS_WORKERS and groups & {"http", "lat", "bulk"}:
+                # Does the daemon that went through the overload sweeps still serve new TCP
+                # connections?  Recorded, then a fresh daemon measures the TCP figures.
+                res = env.lab.http_get("client", VIP, count=3, timeout=3)
+                served = sum(r.error is None and r.status == 200 for r in res)
+                det["http_after_pps_sweeps"] = served
+                if served < len(res):
+                    env.note(f"after the pps sweeps the daemon answered {served} of {len(res)} HTTP "
+                             "requests; the TCP figures come from a freshly started daemon")
+                env.start_ulvs("-m")
         if "http" in groups:
             guarded(env, "http", lambda: env.http(fig, det))
         if "lat" in groups:
