@@ -412,7 +412,7 @@ def test_docs_example() -> None:
         ("10.77.2.11", 3, FwdMethod.MASQ), ("10.77.2.12", 2, FwdMethod.MASQ),
         ("10.77.2.13", 1, FwdMethod.MASQ)]
     assert http.dests[0].checks[0].as_dict() == {"send": "GET /healthz HTTP/1.0\r\n\r\n",
-                                                 "expect": "HTTP/1.0 200", "use_regex": False, "timeout": 6,
+                                                 "expect": "HTTP/1.1 200", "use_regex": False, "timeout": 6,
                                                  "reentry": 15}
     assert (https.config.persistent, https.config.netmask) == (300, A("255.255.255.0"))
     assert [str(d.config.daddr) for d in https.dests] == ["10.77.2.11"]          # web2 is inactive there

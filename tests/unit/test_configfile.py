@@ -117,15 +117,15 @@ def test_daemon_loader_reuses_the_start_up_load_then_reloads(tmp_path: Path,
     caplog.set_level(logging.WARNING, "ulvs")
     loader = DaemonConfig(path)
     assert loader.first.daemon.workers == 2
-    assert [r.getMessage() for r in caplog.records] == [
-        f"{path}:7: service[0].dest[0]: warning: health checks (1 dest(s)) are not run by this version: "
-        "every dest stays in service"]
+    assert [r.getMessage() for r in caplog.records] == []   # health checks run: nothing inert
     path.write_text(WEB.format(n=2))
     first = loader(path)                                   # the daemon's start: the load above
     assert first[0]["service"]["vaddr"] == "10.0.0.1"
+    assert loader.current is loader.first
     caplog.clear()
     again = loader(path)                                   # SIGHUP: read again
     assert again[0]["service"]["vaddr"] == "10.0.0.2"
+    assert loader.current.services[0].config.vaddr == ipaddress.IPv4Address("10.0.0.2")
     assert [r.getMessage() for r in caplog.records] == [
         f"{path}: [daemon] settings changed: they take effect when ulvs restarts"]
     path.write_text(WEB.format(n=2).replace("port = 80", "port = 80000"))

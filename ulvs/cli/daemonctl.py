@@ -174,6 +174,19 @@ def render_status(st: JsonObj, *, color: bool = False, width: int = 160) -> str:
     facts.add_row("timeouts", f"tcp {t['tcp']} s, tcpfin {t['tcpfin']} s, udp {t['udp']} s")
     drops = {k: v for k, v in st.get("drops", {}).items() if v}
     facts.add_row("drops", ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items())) or "none")
+    health = st.get("health") or {}
+    monitor = health.get("monitor")
+    if monitor is not None or health.get("dests"):
+        down = [x for x in health.get("dests", []) if not x["up"]]
+        running = (f"monitor pid {monitor['pid']}" if monitor and monitor.get("running")
+                   else "monitor not running")
+        restarts = f" ({monitor['restarts']} restart(s))" if monitor and monitor.get("restarts") else ""
+        facts.add_row("health", f"{running}{restarts}, {len(down)} dest(s) down")
+        for x in down:
+            facts.add_row("", f"{_svc_name(x['service'])} -> {x['daddr']}:{x['dport']} down: "
+                              f"{x['detail'] or '-'}")
+        for svc in health.get("sorry", []):
+            facts.add_row("", f"{_svc_name(svc)}: the sorry server serves")
     console.print(facts)
 
     rates = snap.get("rates_estimated", False)

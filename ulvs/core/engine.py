@@ -291,6 +291,40 @@ class Core:
         self._refresh_masq()
         svc.scheduler.del_dest(svc.dests, dest)
 
+    def expire_dest_conns(self, key: ServiceKey, daddr: ipaddress.IPv4Address, dport: int, proto: Proto,
+                          now: float) -> int:
+        """Drop the connections of ``proto`` bound to dest ``daddr:dport`` of service ``key``
+        (in service or already removed, when connections keep it in the trash), and the
+        persistence templates of that protocol (or of the service group) that pin clients to
+        it; returns how many connections went.
+
+        The health monitor's answer to a failed dest: a UDP flow has no end, so without this
+        its next datagram would still go to the dead dest until the flow times out; with it,
+        the next datagram is scheduled afresh.  A walk over the whole table: a control-plane
+        operation, never on the packet path.  A dest that is neither in the service nor kept
+        by connections has none: 0.  ``now`` is the time of the decision (unused by the walk
+        itself; kept so the call reads like every other timed core call)."""
+        svc = self.get_service(key)
+        dest = svc.find(daddr, dport) or self._trash.get((key, daddr, dport))
+        if dest is None:
+            return 0
+        t = self.table
+        templates, conns = [], []
+        for slot in t.slots():
+            if t.dest(slot) is not dest:
+                continue
+            if t.flags[slot] & F_TEMPLATE:
+                if t.key[slot][0] in (int(proto), 0):
+                    templates.append(slot)
+            elif t.proto(slot) == proto:
+                conns.append(slot)
+        for slot in templates:
+            if not t.flags[slot] & F_DEAD:
+                self._kill_template(slot)
+        for slot in conns:
+            self._unbind(slot)
+        return len(conns)
+
     def _refresh_masq(self) -> None:
         dests = [d for s in self.services.values() for d in s.dests] + list(self._trash.values())
         masq = [d for d in dests if d.config.method == FwdMethod.MASQ]

@@ -1,6 +1,6 @@
 """Health checking: keep dead real servers out of rotation and bring them back gently.
 
-Three parts, split as keepalived's checker is (STYLE rule 12) but without its globals:
+Its parts, split as keepalived's checker is (STYLE rule 12) but without its globals:
 
   ulvs.health.base       the vocabulary: a probe ``Target``, a probe ``Result``, the ``Checker``
                          interface and its registry (one checker per module, registered by
@@ -11,4 +11,6 @@ Three parts, split as keepalived's checker is (STYLE rule 12) but without its gl
                          sorry server, notify scripts, slow start, passive ejection, reload by
                          migrate).  Takes results and ``now``; returns events.  No I/O.
   ulvs.health.checkers   the probes (asyncio, run on the health monitor's own event loop)
+  ulvs.health.monitor    the health monitor process: the shell that runs the probes, feeds the
+                         policy and reports to the daemon (started by ``ulvs run``)
 """

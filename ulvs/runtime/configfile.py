@@ -120,17 +120,9 @@ def check_runnable(config: Config, backend: str | None = None) -> None:
 
 def inert_warnings(config: Config) -> tuple[ConfigWarning, ...]:
     """Parts of a valid configuration that this daemon reads but does not run yet: said at
-    start and reload, so nobody believes a health check or a VRRP pair protects them."""
+    start and reload, so nobody believes a VRRP pair protects them.  (Health checks, sorry
+    servers and quorum run in the health monitor, ``ulvs.health.monitor``.)"""
     out = []
-    checks = [rs for vs in config.services for rs in vs.dests if rs.checks]
-    if checks:
-        where = checks[0].where or Where(config.source)
-        out.append(ConfigWarning(where, f"health checks ({len(checks)} dest(s)) are not run by this version: "
-                                        "every dest stays in service"))
-    sorry = [vs for vs in config.services if vs.sorry_server is not None]
-    if sorry:
-        out.append(ConfigWarning(sorry[0].where or Where(config.source),
-                                 "sorry_server is not used by this version (it depends on health checks)"))
     if config.vrrp:
         out.append(ConfigWarning(config.vrrp[0].where or Where(config.source),
                                  f"VRRP ({len(config.vrrp)} instance(s)) is not run by this version: "
@@ -149,12 +141,14 @@ class DaemonConfig:
     shape the daemon), then again on every reload.  Called with the path, as the daemon's
     ``load_config``, it returns the requests; the first call returns the start-up load's.
     Warnings are logged on every load; a failing load raises ``ConfigError``.  ``backend`` is
-    the command line's, if it gave one."""
+    the command line's, if it gave one.  ``current`` is the model of the last load returned
+    (the daemon reads its health policy: inhibit_on_failure, sorry servers)."""
 
     def __init__(self, path: Path, fmt: str | None = None, backend: str | None = None) -> None:
         self.path, self.fmt = path, fmt
         self.backend = backend
         self.first = self._load(path)
+        self.current = self.first     # the configuration whose requests the last call returned
         self.backend = backend or self.first.daemon.backend
         self._started = False
 
@@ -172,4 +166,5 @@ class DaemonConfig:
         config = self._load(path)
         if config.daemon != self.first.daemon:
             log.warning("%s: [daemon] settings changed: they take effect when ulvs restarts", path)
+        self.current = config
         return compile_requests(config)

@@ -37,6 +37,24 @@ Wire shapes (``svc`` = a service key, ``SVC`` = a full service config, ``DST`` =
                          own: re-read the config file
                          and apply the differences, as SIGHUP does; on error the old config
                          stays and the reply names the error)
+  {"cmd": "expire_dest_conns", "service": svc, "dest": {"daddr": ..., "dport": ...},
+   "proto": "udp"|"tcp"}  -> {"ok": true, "expired": 2}   (drop that dest's connections of
+                         that protocol and its persistence templates, so their next packet is
+                         scheduled afresh; a dest gone with no connection left has 0)
+
+  The health monitor's reports (the daemon's own commands; ``ulvs.config.overlay``):
+  {"cmd": "health", "service": svc, "dest": {"daddr": ..., "dport": ...}, "up": true|false,
+   "weight": 3|null, "detail": "connect refused"}  -> {"ok": true, "changes": 1}
+                         (a dest of the configuration is in or out of service; "weight", when
+                         up, replaces the configured weight, null keeps it; "detail" is the
+                         last probe's outcome, shown by status.  The daemon applies its
+                         configuration with the overlay, ``diff_requests(core, wanted)``)
+  {"cmd": "sorry", "service": svc, "on": true|false}  -> {"ok": true, "changes": 2}
+                         (the service's configured sorry server serves, the real dests
+                         withdrawn, or stops)
+  The daemon's status adds "health": {"dests": [{"service": svc, "daddr", "dport", "up",
+  "weight", "detail", "since": unix time of the last up/down change}], "sorry": [svc, ...],
+  "monitor": {"pid", "running", "started", "restarts"} | null}.
 
 Every other reply is {"ok": true} or {"ok": false, "error": "message"}.  Optional fields of SVC
 and DST default as in ``ServiceConfig``/``DestConfig``; ``edit_service`` of a service group may
@@ -439,6 +457,14 @@ def _del_dest(core: Core, req: Mapping[str, Any], ctx: _Ctx) -> JsonObj:
     return {"ok": True}
 
 
+def _expire_dest_conns(core: Core, req: Mapping[str, Any], ctx: _Ctx) -> JsonObj:
+    key = service_key_from_json(_field(req, "service", _MISSING))
+    daddr, dport = _dest_addr_from_json(_field(req, "dest", _MISSING))
+    proto = _proto(req, (Proto.TCP, Proto.UDP))
+    _service(core, key)
+    return {"ok": True, "expired": core.expire_dest_conns(key, daddr, dport, proto, ctx.now)}
+
+
 def _set_timeouts(core: Core, req: Mapping[str, Any], ctx: _Ctx) -> JsonObj:
     values = []
     for name in ("tcp", "tcpfin", "udp"):
@@ -583,6 +609,7 @@ _HANDLERS: dict[str, _Handler] = {
     "add_dest": _add_dest,
     "edit_dest": _edit_dest,
     "del_dest": _del_dest,
+    "expire_dest_conns": _expire_dest_conns,
     "set_timeouts": _set_timeouts,
     "get_timeouts": _get_timeouts,
     "zero": _zero,

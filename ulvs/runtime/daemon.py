@@ -10,6 +10,12 @@ ulvs's traffic from the host stack. It loads the configuration, then runs one ev
 * keeps next hops resolved;
 * reacts to SIGTERM/SIGINT (clean shutdown) and SIGHUP (reload by diff).
 
+It owns the effective configuration: the configuration file's requests with the health overlay
+the health monitor reports laid over them (``ulvs.config.overlay``); every reload and every
+health change applies ``diff_requests(core, wanted)``.  The monitor is a child process of its
+own (``ulvs.runtime.supervisor``), started when the configuration has checks, a sorry server or
+quorum scripts, sent SIGHUP after each successful reload, restarted when it dies.
+
 Everything it added to the kernel is removed on the way out.
 """
 
@@ -30,11 +36,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ulvs.config.overlay import (
+    DestHealth,
+    OverlayKey,
+    ServicePolicy,
+    apply_overlay,
+    configured_dests,
+    health_from_json,
+    needs_monitor,
+    overlay_to_json,
+    policies,
+    sorry_from_json,
+)
+from ulvs.config.schema import Config
 from ulvs.core import Core, FwdMethod
 from ulvs.io.afpacket import PacketRing, RingConfig, RingError, has_capability
 from ulvs.io.base import Port
 from ulvs.io.tap import TapError, TapPort
 from ulvs.packet.layouts import ARP, ETH, ETH_P_ARP
+from ulvs.runtime.configfile import DaemonConfig
 from ulvs.runtime.kernel import (
     KernelError,
     KernelState,
@@ -53,6 +73,7 @@ from ulvs.runtime.pool import (
     merge_snapshots,
     merge_status,
 )
+from ulvs.runtime.supervisor import MonitorProcess
 
 log = logging.getLogger("ulvs")
 
@@ -128,6 +149,30 @@ class Daemon:
         self._group: ControlGroup | None = None
         self._started = time.monotonic()
         self._last_reload: dict[str, Any] | None = None
+        # The effective configuration: the file's requests, its model's health policy, and the
+        # health overlay (ulvs.config.overlay) the monitor reports.
+        self._compiled: list[dict[str, Any]] = []
+        self._config: Config | None = None
+        self._policies: dict[Any, ServicePolicy] = {}
+        self._known: set[OverlayKey] = set()
+        self._overlay: dict[OverlayKey, DestHealth] = {}
+        self._sorry: set[Any] = set()
+        self._monitor: MonitorProcess | None = None
+
+    def _model(self) -> Config | None:
+        """The configuration model behind the requests ``load_config`` last returned."""
+        return self.load_config.current if isinstance(self.load_config, DaemonConfig) else None
+
+    def _load_initial(self) -> list[dict[str, Any]]:
+        """The start-up configuration: remember it and return the requests that build it."""
+        self._compiled = self.load_config(self.opts.config) if self.opts.config else []
+        self._config = self._model()
+        self._policies = policies(self._config) if self._config is not None else {}
+        self._known = configured_dests(self._compiled)
+        return self._wanted()
+
+    def _wanted(self) -> list[dict[str, Any]]:
+        return apply_overlay(self._compiled, self._overlay, self._sorry, self._policies)
 
     # -- start / stop ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,7 +185,7 @@ class Daemon:
                 self._group = resolve_group(self.opts.control_group)
             except ValueError as e:
                 raise DaemonError(str(e)) from None
-        requests = self.load_config(self.opts.config) if self.opts.config else []
+        requests = self._load_initial()
         names = self.opts.interfaces or up_interfaces()
         if self.opts.backend == "afpacket" and not names:
             raise DaemonError("no interface to attach to: none is UP (give --interface)")
@@ -348,6 +393,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Remove every kernel object ulvs added and close every socket. Idempotent."""
+        if self._monitor is not None:
+            self._monitor.kill_now()      # normally already stopped by run()
         if self.kernel is not None:
             try:
                 self.kernel.remove()
@@ -387,8 +434,11 @@ class Daemon:
         log.info("ulvs running: %d service(s), control socket %s", len(self.core.services),
                  self.opts.control_socket)
         try:
+            await self._update_monitor(reloaded=False)
             await stop.wait()
         finally:
+            if self._monitor is not None:
+                await self._monitor.stop()
             housekeeping.cancel()
             for port in list(self.ports.values()):
                 loop.remove_reader(port.fileno())
@@ -591,11 +641,16 @@ class Daemon:
         cmd = req.get("cmd")
         if cmd == "reload":
             return await self.reload_config("reload request")
+        if cmd in ("health", "sorry"):
+            return await self._health_command(req)
         reply = apply_request(self.core, req, time.monotonic(), estimator=self.estimator)
         if reply.get("ok") and self.links:
             reply = self._forward(req, reply)
         if reply.get("ok") and cmd == "status":
             reply["status"]["daemon"] = self._daemon_info()
+            reply["status"]["health"] = {
+                **overlay_to_json(self._overlay, self._sorry),
+                "monitor": self._monitor.info() if self._monitor is not None else None}
         if reply.get("ok") and cmd not in READ_ONLY:
             await self._after_change()
         return reply
@@ -666,18 +721,103 @@ class Daemon:
                     "error": "no configuration file to reload (ulvs run was started without --config)"}
         at = time.time()
         try:
-            wanted = self.load_config(self.opts.config)
-            changes = diff_requests(self.core, wanted)
+            compiled = self.load_config(self.opts.config)
+            model = self._model()
+            pols = policies(model) if model is not None else {}
+            known = configured_dests(compiled)
+            monitored = model is not None and needs_monitor(model)
+            # Health carries over for every dest still configured; without a monitor there is
+            # nobody to report health, so every dest is up.
+            overlay = {k: h for k, h in self._overlay.items() if k in known} if monitored else {}
+            sorry = {k for k in self._sorry if k in pols and pols[k].sorry is not None}
+            if not monitored:
+                sorry = set()
+            changes = diff_requests(self.core, apply_overlay(compiled, overlay, sorry, pols))
             self._apply_requests(changes, "reload")
         except (DaemonError, ValueError, OSError) as e:
             log.error("reload of %s failed, configuration unchanged: %s", self.opts.config, e)
             self._last_reload = {"at": at, "by": why, "ok": False, "error": str(e)}
             return {"ok": False, "v": PROTOCOL_VERSION,
                     "error": f"reload of {self.opts.config} failed, configuration unchanged: {e}"}
+        self._compiled, self._config, self._policies, self._known = compiled, model, pols, known
+        self._overlay, self._sorry = overlay, sorry
         await self._after_change()
         log.info("reloaded %s: %d change(s)", self.opts.config, len(changes))
         self._last_reload = {"at": at, "by": why, "ok": True, "changes": len(changes)}
+        await self._update_monitor(reloaded=True)
         return {"ok": True, "v": PROTOCOL_VERSION, "changes": len(changes), "config": str(self.opts.config)}
+
+    # -- health ---------------------------------------------------------------------------------
+    async def _update_monitor(self, *, reloaded: bool) -> None:
+        """Start the health monitor when the configuration needs one, stop it when it no longer
+        does, and forward a successful reload to a running one."""
+        want = self.opts.config is not None and self._config is not None and needs_monitor(self._config)
+        if want and self._monitor is None:
+            fmt = self.load_config.fmt if isinstance(self.load_config, DaemonConfig) else None
+            assert self.opts.config is not None
+            self._monitor = MonitorProcess(self.opts.config, self.opts.control_socket, fmt)
+            await self._monitor.start()
+        elif want and reloaded and self._monitor is not None:
+            self._monitor.reload()
+        elif not want and self._monitor is not None:
+            log.info("the configuration has no health checks any more: stopping the health monitor")
+            await self._monitor.stop()
+            self._monitor = None
+
+    async def _health_command(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The monitor's reports: "health" (a dest is up or down, with a weight) and "sorry" (a
+        service's sorry server on or off).  A report that changes what is served is applied
+        like a reload, ``diff_requests(core, wanted)``; one that cannot be applied changes
+        nothing."""
+        from ulvs.runtime.control import PROTOCOL_VERSION, RequestError, diff_requests, key_name
+
+        def reply(error: str | None = None, changes: int = 0) -> dict[str, Any]:
+            if error is not None:
+                return {"ok": False, "v": PROTOCOL_VERSION, "error": error}
+            return {"ok": True, "v": PROTOCOL_VERSION, "changes": changes}
+
+        saved = (dict(self._overlay), set(self._sorry))
+        try:
+            if req["cmd"] == "health":
+                upd = health_from_json(req)
+                svc, daddr, dport = upd.key
+                if upd.key not in self._known:
+                    return reply(f"no dest {daddr}:{dport} of {key_name(svc)} in the configuration")
+                old = self._overlay.get(upd.key)
+                since = old.since if old is not None and old.up == upd.up else time.time()
+                new = DestHealth(upd.up, upd.weight, upd.detail, since)
+                self._overlay[upd.key] = new
+                if new.effect == (old.effect if old is not None else (True, None)):
+                    return reply()
+                state = "up" if upd.up else "down"
+                if upd.up and upd.weight is not None:
+                    state += f", weight {upd.weight}"
+                what = f"health: {key_name(svc)} dest {daddr}:{dport} {state}"
+                if upd.detail:
+                    what += f" ({upd.detail})"
+            else:
+                key, on = sorry_from_json(req)
+                policy = self._policies.get(key)
+                if policy is None or policy.sorry is None:
+                    return reply(f"{key_name(key)} has no sorry server in the configuration")
+                if on == (key in self._sorry):
+                    return reply()
+                (self._sorry.add if on else self._sorry.discard)(key)
+                what = (f"health: {key_name(key)} sorry server {policy.sorry[0]}:{policy.sorry[1]} "
+                        f"{'on' if on else 'off'}")
+        except RequestError as e:
+            return reply(str(e))
+        try:
+            changes = diff_requests(self.core, self._wanted())
+            self._apply_requests(changes, "health change")
+        except (DaemonError, ValueError) as e:
+            self._overlay, self._sorry = saved
+            log.error("%s: not applied: %s", what, e)
+            return reply(f"{what}: not applied: {e}")
+        log.info("%s: %d change(s)", what, len(changes))
+        if changes:
+            await self._after_change()
+        return reply(changes=len(changes))
 
 
 def _socket_alive(path: Path) -> bool:
