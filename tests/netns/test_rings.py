@@ -31,3 +31,30 @@ def test_lanes_serve_keepalive_and_a_bulk_download() -> None:
         (r,) = lab.http_get("client", lab.vip, f"/bytes/{size}", timeout=120)   # GSO: the big lane
         assert r.error is None and r.status == 200 and r.sha256 == pattern_digest(size)
         assert "rx ring lanes" in d.log_text()
+
+
+def test_a_dead_dataplane_worker_stops_the_director_with_an_error() -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from ulvs.lab.director import PY, DirectorError
+
+    with Lab() as lab:
+        try:
+            with director(lab, nat_rules("rr", udp=False), extra=("--workers", "2")) as d:
+                assert all(r.status == 200 for r in lab.http_get("client", lab.vip, count=2))
+                out = lab.run("director", [PY, "-m", "ulvs", "status", "--json", "--socket", d.sock],
+                              capture_output=True, text=True, check=True).stdout
+                victim = json.loads(out)["daemon"]["worker_pids"][1]
+                os.kill(victim, signal.SIGKILL)       # a process of the director we started
+                try:
+                    d.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError("the director kept running without its worker") from None
+        except DirectorError as e:
+            assert "exited with 1" in str(e), e
+            assert f"dataplane worker 1 (pid {victim}) exited" in str(e)
+        else:
+            raise AssertionError("the director exited cleanly after losing a worker")

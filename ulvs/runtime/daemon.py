@@ -146,6 +146,8 @@ class Daemon:
         self._resolving = False
         self._server: asyncio.AbstractServer | None = None
         self._socket_made = False
+        self._stop: asyncio.Event | None = None
+        self.exit_code = 0
         self._group: ControlGroup | None = None
         self._started = time.monotonic()
         self._last_reload: dict[str, Any] | None = None
@@ -422,7 +424,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._change_lock = asyncio.Lock()
-        stop = asyncio.Event()
+        stop = self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -520,6 +522,15 @@ class Daemon:
             if tick % 2 == 0:
                 self.estimator.tick(self.core)
             for link in self.links:
+                if link.proc.poll() is not None:
+                    # Its connections are gone and the fanout group has shrunk under the others:
+                    # stop with an error, so the supervisor (systemd) restarts the whole director.
+                    log.error("dataplane worker %d (pid %d) exited with %s: stopping", link.index,
+                              link.proc.pid, link.proc.returncode)
+                    self.exit_code = 1
+                    if self._stop is not None:
+                        self._stop.set()
+                    return
                 try:
                     got = self._call(link, {"op": "unresolved"})
                 except DaemonError as e:
@@ -868,4 +879,4 @@ def run(opts: Options, load_config: Callable[[Path], list[dict[str, Any]]]) -> i
         return e.code
     finally:
         daemon.shutdown()
-    return 0
+    return daemon.exit_code

@@ -14,6 +14,7 @@ request is answered in milliseconds, so the main process calls them synchronousl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -65,7 +66,10 @@ class WorkerLink:
         except subprocess.TimeoutExpired:
             self.proc.kill()     # our own child, by PID
             self.proc.wait()
-        self.file.close()
+        # A worker that died first leaves our stop message in the buffer: closing would try to
+        # flush it into the broken pipe again.
+        with contextlib.suppress(OSError):
+            self.file.close()
         self.sock.close()
 
 
