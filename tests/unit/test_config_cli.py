@@ -46,7 +46,8 @@ def test_check_config_of_the_example_is_valid_with_warnings_naming_lines(
     assert out == f"{EXAMPLE}: configuration OK: 3 service(s), 7 dest(s), 2 VRRP instance(s)\n"
     lines = err.splitlines()
     assert lines and all(line.startswith(f"{EXAMPLE}") and ": warning: " in line for line in lines)
-    assert f"{EXAMPLE}:115: vrrp.instance[0]: warning: VRRP" in err
+    first = EXAMPLE.read_text().splitlines().index("[[vrrp.instance]]") + 1
+    assert f"{EXAMPLE}:{first}: vrrp.instance[0]: warning: VRRP" in err
     assert "health checks" not in err          # they run (in the health monitor)
 
 

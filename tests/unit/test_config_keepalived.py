@@ -306,6 +306,10 @@ def test_defaults_are_keepalived_s() -> None:
     pytest.param("inhibit_on_failure false", lambda s: s.inhibit_on_failure, False, id="inhibit-false"),
     pytest.param("virtualhost www.example.com", lambda s: s.virtualhost, "www.example.com", id="virtualhost"),
     pytest.param("ip_family inet", lambda s: s.config.proto, Proto.TCP, id="ip_family"),
+    pytest.param("slow_start 8", lambda s: s.slow_start, 8.0, id="ulvs-slow_start"),
+    pytest.param("slow_start 2.5", lambda s: s.slow_start, 2.5, id="ulvs-slow_start-fraction"),
+    pytest.param("failed_conns expire", lambda s: s.failed_conns, "expire", id="ulvs-failed_conns"),
+    pytest.param("", lambda s: (s.slow_start, s.failed_conns), (0.0, "keep"), id="ulvs-defaults"),
     pytest.param("lvs_sched sh\nsh-port\nsh-fallback", lambda s: s.config.flags,
                  frozenset({"sh-port", "sh-fallback"}), id="sh-flags"),
     pytest.param("lvs_sched mh\nmh-port\nmh-fallback", lambda s: s.config.flags,
@@ -398,6 +402,14 @@ def test_ops_on_tcp_is_an_error() -> None:
     pytest.param("quorum_up \"/bin/x 'unbalanced\"", 2, "quorum_up", "cannot split", id="bad-script"),
     pytest.param("delay_loop 3 {\n}", 2, "delay_loop", "takes no { ... } block", id="stray-block"),
     pytest.param("flag-1 x", 2, "flag-1", "expects 0 values", id="flag-arity"),
+    pytest.param("slow_start -1", 2, "slow_start", "out of range (allowed: >= 0 and <= 86400)",
+                 id="slow_start-negative"),
+    pytest.param("slow_start soon", 2, "slow_start", "not a number of seconds", id="slow_start-text"),
+    pytest.param("failed_conns drop", 2, "failed_conns", "'drop' is not allowed (allowed: keep, expire)",
+                 id="failed_conns-bad"),
+    pytest.param("failed_conns reset", 2, "failed_conns", "'reset' is not available: the dataplane keeps "
+                 "no TCP sequence numbers", id="failed_conns-reset"),
+    pytest.param("failed_conns", 2, "failed_conns", "expects 1 value", id="failed_conns-arity"),
 ])
 def test_virtual_server_errors(body: str, line: int, key: str, fragment: str) -> None:
     e = error(vs(body))

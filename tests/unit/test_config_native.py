@@ -12,9 +12,18 @@ from textwrap import dedent
 import pytest
 
 from ulvs.config import native
-from ulvs.config.schema import CheckSpec, ConfigError, DaemonSettings, Timeouts, VirtualAddress
+from ulvs.config.schema import (
+    FAILED_CONNS,
+    FAILED_CONNS_REFUSED,
+    CheckSpec,
+    ConfigError,
+    DaemonSettings,
+    Timeouts,
+    VirtualAddress,
+)
 from ulvs.config.toml_lines import KeyLines
 from ulvs.core.model import DestConfig, FwdMethod, Proto, ServiceConfig
+from ulvs.health.policy import ConnPolicy
 
 A = ipaddress.IPv4Address
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "ulvs.toml"
@@ -59,6 +68,7 @@ def test_the_example_config_parses_into_the_model() -> None:
     assert web.dests[1].notify_down == ("/usr/local/bin/lvs-notify", "rs2", "down")
     assert web.dests[2].inhibit_on_failure is True and web.dests[0].inhibit_on_failure is None
     assert web.sorry_server == (A("10.77.2.99"), 80) and web.delay_loop == 6.0
+    assert (web.slow_start, web.failed_conns) == (10.0, "keep")
     assert web.quorum_up == ("/usr/local/bin/lvs-notify", "web", "up")
     assert dns.config == ServiceConfig(Proto.UDP, A("10.77.1.100"), 53, sched="sh",
                                        flags=frozenset({"sh-fallback", "sh-port"}), persistent=300,
@@ -97,6 +107,20 @@ def test_defaults_and_minimal_service() -> None:
     assert config.source == "lb.toml"
 
 
+def test_slow_start_and_failed_conns() -> None:
+    (svc,) = parse(WEB).config.services
+    assert (svc.slow_start, svc.failed_conns) == (0.0, "keep")          # off; kept until timeout
+    (svc,) = parse(WEB.replace("port = 80\n", 'port = 80\nslow_start = 5\nfailed_conns = "expire"\n')
+                   ).config.services
+    assert (svc.slow_start, svc.failed_conns) == (5.0, "expire")
+    assert isinstance(svc.slow_start, float)
+
+
+def test_every_failed_conns_name_is_a_conn_policy() -> None:
+    assert {ConnPolicy(name) for name in FAILED_CONNS} == {ConnPolicy.KEEP, ConnPolicy.EXPIRE}
+    assert set(FAILED_CONNS_REFUSED) == {p.value for p in ConnPolicy} - set(FAILED_CONNS)
+
+
 def test_flags_are_normalised_as_ipvsadm_does() -> None:
     text = WEB.replace('port = 80\n', 'port = 80\nscheduler = "mh"\nflags = ["flag-2", "mh-fallback"]\n')
     assert parse(text).config.services[0].config.flags == frozenset({"mh-fallback", "mh-port"})
@@ -127,10 +151,21 @@ ERRORS = [
     ("bogus = 1\n", 1, "bogus",
      "unknown key 'bogus' (allowed: daemon, include, metrics, router_id, service, sync, timeouts, vrrp)"),
     (WEB.replace('port = 80\n', 'port = 80\ncolour = "red"\n'), 5, "service[0].colour",
-     "unknown key 'colour' (allowed: alpha, check, delay_loop, dest, flags, forwarding, fwmark, hysteresis, "
-     "inhibit_on_failure, members, name, omega, ops, persistence_netmask, persistence_timeout, port, "
-     "protocol, quorum, quorum_down, quorum_up, scheduler, sorry_server, sorry_server_inhibit, vip, "
-     "virtualhost)"),
+     "unknown key 'colour' (allowed: alpha, check, delay_loop, dest, ejection, failed_conns, flags, "
+     "forwarding, fwmark, hysteresis, inhibit_on_failure, members, name, omega, ops, persistence_netmask, "
+     "persistence_timeout, port, protocol, quorum, quorum_down, quorum_up, scheduler, slow_start, "
+     "sorry_server, sorry_server_inhibit, vip, virtualhost)"),
+    (WEB.replace('port = 80\n', 'port = 80\nfailed_conns = "drop"\n'), 5, "service[0].failed_conns",
+     "'drop' is not allowed (allowed: keep, expire)"),
+    (WEB.replace('port = 80\n', 'port = 80\nfailed_conns = "reset"\n'), 5, "service[0].failed_conns",
+     "'reset' is not available: the dataplane keeps no TCP sequence numbers, so it cannot send a RST "
+     "either end would accept (allowed: keep, expire)"),
+    (WEB.replace('port = 80\n', 'port = 80\nfailed_conns = 1\n'), 5, "service[0].failed_conns",
+     "must be a string, not an integer"),
+    (WEB.replace('port = 80\n', 'port = 80\nslow_start = -1\n'), 5, "service[0].slow_start",
+     "-1 is out of range (allowed: 0..86400)"),
+    (WEB.replace('port = 80\n', 'port = 80\nslow_start = "5s"\n'), 5, "service[0].slow_start",
+     "must be a number 0..86400, not a string"),
     (WEB.replace("port = 80", 'port = "80"'), 4, "service[0].port",
      "must be an integer 0..65535, not a string"),
     (WEB.replace("port = 80", "port = 65536"), 4, "service[0].port",

@@ -17,9 +17,11 @@ from ulvs.config.ipvsadm import allowed_sched_flags, sched_flags
 from ulvs.config.render import render
 from ulvs.config.requests import MAX_TIMEOUT
 from ulvs.config.schema import (
+    FAILED_CONNS,
     CheckSpec,
     Config,
     DaemonSettings,
+    EjectionSettings,
     MetricsSettings,
     RealServer,
     SyncSettings,
@@ -106,7 +108,19 @@ def services(draw: Any) -> VirtualService:
         sorry_server_inhibit=draw(st.booleans()), quorum=draw(st.integers(0, 2**31 - 1)),
         hysteresis=draw(st.integers(0, 100)), quorum_up=draw(argvs), quorum_down=draw(argvs),
         alpha=draw(st.booleans()), omega=draw(st.booleans()), inhibit_on_failure=draw(st.booleans()),
-        virtualhost=draw(st.none() | texts))
+        virtualhost=draw(st.none() | texts),
+        slow_start=draw(st.just(0.0) | st.floats(0, 86400, allow_nan=False)),
+        failed_conns=draw(st.sampled_from(FAILED_CONNS)),
+        ejection=draw(st.none() | ejections()) if any(e[0] == Proto.TCP for e in cfg.entries()) else None)
+
+
+@st.composite
+def ejections(draw: Any) -> EjectionSettings:
+    backoff = draw(st.floats(0.001, 86400))
+    return EjectionSettings(
+        threshold=draw(st.floats(0, 1, exclude_max=True)), min_syns=draw(st.integers(1, 1_000_000)),
+        backoff=backoff, backoff_max=draw(st.floats(backoff, 86400)),
+        max_fraction=draw(st.floats(0, 1)))
 
 
 @st.composite
@@ -168,6 +182,13 @@ def test_defaults_are_omitted() -> None:
     assert render(Config(services=(svc,)), comment="made by a test") == (
         '# made by a test\n\n[[service]]\nprotocol = "tcp"\nvip = "10.0.0.1"\nport = 80\n\n'
         '[[service.dest]]\naddress = "10.0.1.1"\n')
+
+
+def test_slow_start_and_failed_conns_are_rendered_when_set() -> None:
+    svc = VirtualService(ServiceConfig(Proto.TCP, A("10.0.0.1"), 80), slow_start=7.5, failed_conns="expire")
+    text = render(Config(services=(svc,)))
+    assert 'slow_start = 7.5\nfailed_conns = "expire"\n' in text
+    assert native.parse(text, SOURCE).config.services == (svc,)
 
 
 def test_shared_forwarding_and_checks_are_written_once() -> None:

@@ -164,3 +164,67 @@ def test_service_virtualhost_cascades_into_http_checks_that_set_none() -> None:
     checks = cascade(vs).dests[0].checks
     assert [c.get("virtualhost") for c in checks] == ["www.example", "own.example", None]
     assert cascade(VirtualService(vs.config, dests=(rs,))).dests[0].checks == rs.checks
+
+
+def ramp_config(slow_start: float, failed_conns: str) -> str:
+    check = ('[service.check]\ntype = "TCP_CHECK"\nconnect_timeout = 1\nretry = 1\n'
+             'delay_before_retry = 0.05\n')
+    out = ""
+    web = f'slow_start = {slow_start}\nfailed_conns = "{failed_conns}"\n'
+    for port, daddr, extra in ((80, "10.0.1.11", web), (81, "10.0.1.13", "")):
+        out += (f'[[service]]\nprotocol = "tcp"\nvip = "10.0.0.100"\nport = {port}\nforwarding = "masq"\n'
+                f'delay_loop = 0.1\n{extra}{check}\n[[service.dest]]\naddress = "{daddr}"\nport = 80\n'
+                'weight = 4\n\n')
+    return out
+
+
+def test_slow_start_and_failed_conns_reach_the_policy_and_the_daemon(
+        tmp_path: Path, fake: FakeDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """failed_conns = "expire": a failed dest's TCP connections are expired (after its health
+    report), "keep" (port 81) sends nothing; slow_start: the returning dest is reported with a
+    ramped weight, rising to its configured weight (None in the report); a reload takes new
+    values."""
+    from ulvs.core.model import Proto
+    from ulvs.health import policy as pol
+
+    monkeypatch.setattr(pol, "RAMP_TICK", 0.1)       # steps of a 1 s ramp: 1, 2, 3, 4
+    path = tmp_path / "lb.toml"
+    path.write_text(ramp_config(1.0, "expire"))
+    web, other = (Proto.TCP, ipaddress.IPv4Address("10.0.0.100"), 80), \
+        (Proto.TCP, ipaddress.IPv4Address("10.0.0.100"), 81)
+
+    def expired(daddr: str) -> list[JsonObj]:
+        return [r for r in fake.requests if r["cmd"] == "expire_dest_conns" and r["dest"]["daddr"] == daddr]
+
+    async def scenario() -> None:
+        m = Monitor(path, None, tmp_path / "unused.sock")
+        m.client = fake  # type: ignore[assignment]
+        task = asyncio.ensure_future(m.run())
+        await until("first reports", lambda: len(fake.requests) >= 2)
+        assert (m.services[web].slow_start, m.services[web].conn_policy) == (1.0, pol.ConnPolicy.EXPIRE)
+        assert (m.services[other].slow_start, m.services[other].conn_policy) == (0.0, pol.ConnPolicy.KEEP)
+        FakeCheck.healthy[("10.0.1.11", 80)] = FakeCheck.healthy[("10.0.1.13", 80)] = False
+        await until("expired", lambda: bool(expired("10.0.1.11")))
+        await until("both down", lambda: (False, None) in fake.health("10.0.1.13", 81))
+        await until("all sent", m.outbox.empty)
+        (req,) = expired("10.0.1.11")
+        assert req["proto"] == "tcp" and req["service"]["vport"] == 80
+        web_reqs = [r["cmd"] for r in fake.requests if r["service"]["vport"] == 80]
+        assert web_reqs[-2:] == ["health", "expire_dest_conns"]        # out of the pool first
+        assert expired("10.0.1.13") == []                               # keep: nothing to do
+        # Back up: it re-enters at weight 1 and ramps to its configured weight.
+        before = len(fake.health("10.0.1.11", 80))
+        FakeCheck.healthy[("10.0.1.11", 80)] = True
+        await until("ramped", lambda: fake.health("10.0.1.11", 80)[-1] == (True, None))
+        weights = [w for up, w in fake.health("10.0.1.11", 80)[before:]]
+        assert weights[0] == 1 and weights[-1] is None
+        middle = weights[1:-1]
+        assert middle and middle == sorted(set(middle)) and set(middle) <= {2, 3}
+        # A reload takes the file's new values.
+        path.write_text(ramp_config(0.0, "keep"))
+        m.reload()
+        assert (m.services[web].slow_start, m.services[web].conn_policy) == (0.0, pol.ConnPolicy.KEEP)
+        m.stop.set()
+        assert await task == 0
+
+    asyncio.run(scenario())

@@ -402,7 +402,7 @@ def test_ejection_threshold_and_minimum() -> None:
     assert h.sh.pop_events() == [] and h.sh.in_service(dkey(1))
     h.sh.observe_traffic(dkey(1), Sample(10, 4), 0.0)
     assert h.sh.pop_events() == [RemoveDest(SVC, dkey(1)),
-                                 status(1, False, "ejected for 10s: 6 of 10 SYNs unanswered")]
+                                 status(1, False, "ejected: 6 of 10 SYNs unanswered, back-off 10 s")]
     assert h.sh.ejected(dkey(1))
 
 
@@ -559,6 +559,27 @@ def test_migrate_carries_ejection() -> None:
     assert new.ejected(dkey(1)) and not new.in_service(dkey(1))
     assert h.sh.pop_events() == []
     assert RemoveDest(SVC, dkey(1)) in new.pop_events()       # the old object's undrained events
+
+
+def test_migrate_with_no_ejection_any_more_brings_an_ejected_healthy_dest_back() -> None:
+    h = Harness(service(real(1, checks=[]), real(2, checks=[])), ejection=EJECT)
+    h.sh.observe_traffic(dkey(1), Sample(10, 0), 0.0)
+    h.sh.pop_events()
+    new = migrate(h.sh, service(real(1, checks=[]), real(2, checks=[])), 1.0, ejection=None)
+    assert not new.ejected(dkey(1)) and new.in_service(dkey(1))
+    assert AddDest(SVC, dkey(1), 1) in new.pop_events()
+    assert new.next_deadline() is None
+
+
+def test_the_ejection_detail_names_the_sample_and_the_backoff_then_the_reprobe() -> None:
+    h = Harness(service(real(1), real(2)), ejection=EJECT)
+    assert h.sh.ejection_detail(dkey(1)) is None
+    h.sh.observe_traffic(dkey(1), Sample(14, 2), 3.0)
+    assert h.sh.ejection_detail(dkey(1)) == "ejected: 12 of 14 SYNs unanswered, back-off 10 s"
+    h.sh.handle_timer(13.0)
+    assert h.sh.ejection_detail(dkey(1)) == ("ejected: 12 of 14 SYNs unanswered, back-off 10 s; "
+                                             "back-off over, re-probing")
+    assert h.sh.ejection_detail(dkey(2)) is None
 
 
 # -- shutdown -------------------------------------------------------------------------------------

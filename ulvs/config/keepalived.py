@@ -32,6 +32,19 @@ Mapping choices where keepalived and ulvs differ:
   ``shlex.split``; they are never run through a shell.
 * ``virtual_ipaddress_excluded`` addresses are not moved (warning); SSL_GET's global ``SSL``
   context, ``vrrp_script``, ``track_script`` and authentication are not supported (warnings).
+
+ulvs extensions, inside ``virtual_server``, as the native keys of the same names.  They are not
+keepalived keywords (keepalived itself reports each as an unknown keyword), so a file that uses
+them is for ulvs:
+
+* ``slow_start SECONDS``: a dest that returns to service ramps its weight up from 1 over that
+  many seconds (0, the default, is off);
+* ``failed_conns keep|expire``: a failed dest's TCP connections are kept until they time out
+  (default) or expired at once (``reset`` is refused: the dataplane cannot make an acceptable
+  RST);
+* ``ejection { threshold 0.5  min_syns 10  backoff 10  backoff_max 300  max_fraction 0.5 }``:
+  passive ejection of masq dests (``schema.EjectionSettings``; each key optional, the block
+  alone switches it on with the defaults).
 """
 
 from __future__ import annotations
@@ -45,12 +58,18 @@ from typing import Any, TypeVar
 
 from ulvs.config.schema import (
     CHECK_KEYS,
+    FAILED_CONNS,
+    FAILED_CONNS_REFUSED,
+    MAX_EJECTION_BACKOFF,
+    MAX_EJECTION_SYNS,
+    MAX_SLOW_START,
     URL_KEYS,
     Argv,
     CheckSpec,
     Config,
     ConfigError,
     ConfigWarning,
+    EjectionSettings,
     Endpoint,
     Includer,
     LoadResult,
@@ -628,6 +647,9 @@ class _VS:
     omega: bool = False
     inhibit: bool = False
     virtualhost: str | None = None
+    slow_start: float = 0.0
+    failed_conns: str = "keep"
+    ejection: tuple[EjectionSettings, Where] | None = None
     inherited: dict[str, Any] = field(default_factory=dict)
     real_servers: list[_RS] = field(default_factory=list)
 
@@ -661,6 +683,58 @@ def _sorry_inhibit(vs: _VS, stmt: Stmt, ctx: _Ctx) -> None:
     if vs.sorry is None:
         raise _err(stmt, "sorry_server_inhibit before (or without) sorry_server")
     vs.sorry_inhibit = _flag(stmt)
+
+
+def _failed_conns(stmt: Stmt) -> str:
+    """ulvs extension: a ``FAILED_CONNS`` name; a refused ``ConnPolicy`` name says why."""
+    tok = _one(stmt)
+    if tok.text in FAILED_CONNS_REFUSED:
+        raise _err(stmt, f"{FAILED_CONNS_REFUSED[tok.text]} (allowed: {', '.join(FAILED_CONNS)})")
+    return _choice(stmt, tok, {name: name for name in FAILED_CONNS})
+
+
+def _fraction(stmt: Stmt, below_one: bool = False) -> float:
+    tok = _one(stmt)
+    allowed = "0 <= value < 1" if below_one else "0..1"
+    if not _NUMBER.match(tok.text):
+        raise _err(stmt, f"{tok.text!r} is not a number (allowed: {allowed})")
+    value = float(tok.text)
+    if not 0.0 <= value <= 1.0 or (below_one and value == 1.0):
+        raise _err(stmt, f"{tok.text} out of range (allowed: {allowed})")
+    return value
+
+
+def _ejection(vs: _VS, stmt: Stmt, ctx: _Ctx) -> None:
+    """ulvs extension: ``ejection { ... }``, passive ejection (``schema.EjectionSettings``)."""
+    _nargs(stmt, 0)
+    if vs.ejection is not None:
+        raise _err(stmt, f"ejection is already set in this virtual_server (at {vs.ejection[1]})")
+    d = EjectionSettings()
+    values: dict[str, Any] = {}
+    convert: dict[str, Callable[[Stmt], Any]] = {
+        "threshold": lambda s: _fraction(s, below_one=True),
+        "min_syns": lambda s: _int(s, 1, MAX_EJECTION_SYNS),
+        "backoff": lambda s: float(_seconds_of(s, _one(s), hi=MAX_EJECTION_BACKOFF, positive=True)),
+        "backoff_max": lambda s: float(_seconds_of(s, _one(s), hi=MAX_EJECTION_BACKOFF, positive=True)),
+        "max_fraction": _fraction,
+    }
+    where: dict[str, Stmt] = {}
+    for s in _block(stmt):
+        conv = convert.get(s.key)
+        if conv is None:
+            raise _err(s, f"unknown ejection key (allowed: {_allowed(convert)})")
+        _no_block(s)
+        values[s.key] = conv(s)
+        where[s.key] = s
+    backoff = values.get("backoff", d.backoff)
+    values.setdefault("backoff_max", max(d.backoff_max, backoff))
+    if values["backoff_max"] < backoff:
+        raise _err(where["backoff_max"], f"{values['backoff_max']:g} seconds out of range (allowed: >= "
+                                         f"backoff ({backoff:g}) and <= {MAX_EJECTION_BACKOFF:g})")
+    try:
+        vs.ejection = (EjectionSettings(**values), stmt.where())
+    except ValueError as e:
+        raise _err(stmt, str(e)) from None
 
 
 def _sched_flag(vs: _VS, stmt: Stmt, ctx: _Ctx) -> None:
@@ -723,6 +797,8 @@ VS_KEYWORDS: dict[str, _VSHandler] = {
     "omega": _setter("omega", _flag),
     "inhibit_on_failure": _setter("inhibit", _flag),
     "virtualhost": _setter("virtualhost", _text),
+    "slow_start": _setter("slow_start", lambda s: float(_seconds_of(s, _one(s), hi=MAX_SLOW_START))),
+    "failed_conns": _setter("failed_conns", _failed_conns),
     "ops": _ops,
     **{k: _sched_flag for k in SCHED_FLAG_KEYWORDS},
     **{k: _inherit(k) for k in ("connect_timeout", "retry", "delay_before_retry", "warmup")},
@@ -791,6 +867,8 @@ def parse_virtual_server(ctx: _Ctx, stmt: Stmt) -> _VS:
     for s in _block(stmt):
         if s.key == "real_server":
             vs.real_servers.append(parse_real_server(ctx, s))
+        elif s.key == "ejection":
+            _ejection(vs, s, ctx)
         elif s.key in VS_KEYWORDS:
             _no_block(s)
             VS_KEYWORDS[s.key](vs, s, ctx)
@@ -944,10 +1022,17 @@ def build_service(vs: _VS, group: _Group | None, fwmark: int, ctx: _Ctx) -> Virt
     if vs.sorry is not None:
         addr, port, where = vs.sorry
         sorry = (addr, _dest_port(vs, svc, port, vs.method, where, "sorry server"))
+    ejection: EjectionSettings | None = None
+    if vs.ejection is not None:
+        ejection, where = vs.ejection
+        if not any(proto == Proto.TCP for proto, _vaddr, _vport in svc.entries()):
+            raise ConfigError("passive ejection judges TCP connections: this service has no TCP entry",
+                              where)
     return VirtualService(svc, tuple(dests), name=vs.group, delay_loop=vs.delay_loop, sorry_server=sorry,
                           sorry_server_inhibit=vs.sorry_inhibit, quorum=vs.quorum, hysteresis=vs.hysteresis,
                           quorum_up=vs.quorum_up, quorum_down=vs.quorum_down, alpha=vs.alpha,
                           omega=vs.omega, inhibit_on_failure=vs.inhibit, virtualhost=vs.virtualhost,
+                          slow_start=vs.slow_start, failed_conns=vs.failed_conns, ejection=ejection,
                           where=vs.where)
 
 

@@ -11,7 +11,10 @@ Layout (``docs/examples/ulvs.toml`` shows every key)::
   [[service]] name protocol ("tcp" | "udp" | "group") vip port | fwmark members,
               scheduler flags persistence_timeout persistence_netmask ops forwarding
               delay_loop sorry_server sorry_server_inhibit quorum hysteresis quorum_up
-              quorum_down alpha omega inhibit_on_failure virtualhost, check
+              quorum_down alpha omega inhibit_on_failure virtualhost slow_start
+              failed_conns, check, ejection
+  [service.ejection] threshold min_syns backoff backoff_max max_fraction (ulvs: passive
+                     ejection of masq dests, off unless the table is there)
   [[service.dest]]  address port weight forwarding upper_threshold lower_threshold
                     inhibit_on_failure notify_up notify_down, check
   [[vrrp.instance]] [[vrrp.sync_group]]
@@ -42,6 +45,11 @@ from ulvs.config.requests import ANY_ADDR, HOST_MASK, MAX_FWMARK, MAX_TIMEOUT
 from ulvs.config.schema import (
     BACKENDS,
     CHECK_KEYS,
+    FAILED_CONNS,
+    FAILED_CONNS_REFUSED,
+    MAX_EJECTION_BACKOFF,
+    MAX_EJECTION_SYNS,
+    MAX_SLOW_START,
     URL_KEYS,
     Argv,
     CheckSpec,
@@ -49,6 +57,7 @@ from ulvs.config.schema import (
     ConfigError,
     ConfigWarning,
     DaemonSettings,
+    EjectionSettings,
     Endpoint,
     Includer,
     LoadResult,
@@ -91,8 +100,9 @@ SERVICE_KEYS = frozenset({
     "name", "protocol", "vip", "port", "scheduler", "flags", "persistence_timeout",
     "persistence_netmask", "ops", "fwmark", "members", "forwarding", "delay_loop", "sorry_server",
     "sorry_server_inhibit", "quorum", "hysteresis", "quorum_up", "quorum_down", "alpha", "omega",
-    "inhibit_on_failure", "virtualhost", "check", "dest",
+    "inhibit_on_failure", "virtualhost", "slow_start", "failed_conns", "check", "dest", "ejection",
 })
+EJECTION_KEYS = frozenset({"threshold", "min_syns", "backoff", "backoff_max", "max_fraction"})
 DEST_KEYS = frozenset({"address", "port", "weight", "forwarding", "upper_threshold", "lower_threshold",
                        "inhibit_on_failure", "notify_up", "notify_down", "check"})
 VRRP_KEYS = frozenset({"instance", "sync_group"})
@@ -570,7 +580,45 @@ def _service(t: _Table, warnings: list[ConfigWarning]) -> VirtualService:
         quorum_up=t.argv("quorum_up"), quorum_down=t.argv("quorum_down"),
         alpha=t.boolean("alpha", dv.alpha), omega=t.boolean("omega", dv.omega),
         inhibit_on_failure=t.boolean("inhibit_on_failure", dv.inhibit_on_failure),
-        virtualhost=t.string("virtualhost", None), where=t.where())
+        virtualhost=t.string("virtualhost", None),
+        slow_start=t.number("slow_start", dv.slow_start, 0, MAX_SLOW_START),
+        failed_conns=_failed_conns(t, dv.failed_conns), ejection=_ejection(t, cfg, dests, warnings),
+        where=t.where())
+
+
+def _ejection(t: _Table, cfg: ServiceConfig, dests: Sequence[RealServer],
+              warnings: list[ConfigWarning]) -> EjectionSettings | None:
+    """``[service.ejection]``: passive ejection, on when the table is there (even empty)."""
+    if not t.has("ejection"):
+        return None
+    e = t.table("ejection", EJECTION_KEYS)
+    d = EjectionSettings()
+    threshold = e.number("threshold", d.threshold, 0, 1)
+    if threshold >= 1:
+        raise e.error("threshold", f"{threshold:g} is out of range (allowed: 0 <= threshold < 1: the "
+                                   "fraction of SYNs left unanswered that ejects a dest)")
+    backoff = e.number("backoff", d.backoff, 0.001, MAX_EJECTION_BACKOFF)
+    backoff_max = e.number("backoff_max", max(d.backoff_max, backoff), backoff, MAX_EJECTION_BACKOFF)
+    settings = _build(e, lambda: EjectionSettings(
+        threshold=threshold, min_syns=e.integer("min_syns", d.min_syns, 1, MAX_EJECTION_SYNS),
+        backoff=backoff, backoff_max=backoff_max,
+        max_fraction=e.number("max_fraction", d.max_fraction, 0, 1)))
+    entries = cfg.entries()
+    if not any(proto == Proto.TCP for proto, _vaddr, _vport in entries):
+        raise t.error("ejection", "passive ejection judges TCP connections: this service has no "
+                                  "TCP entry")
+    if dests and not any(rs.config.method == FwdMethod.MASQ for rs in dests):
+        warnings.append(ConfigWarning(t.where("ejection"), "passive ejection sees only masq dests' "
+                                      "answers (droute replies bypass the director): nothing is judged"))
+    return settings
+
+
+def _failed_conns(t: _Table, default: str) -> str:
+    """``failed_conns``: a ``FAILED_CONNS`` name; a refused ``ConnPolicy`` name says why."""
+    value = t.string("failed_conns", default)
+    if value in FAILED_CONNS_REFUSED:
+        raise t.error("failed_conns", f"{FAILED_CONNS_REFUSED[value]} (allowed: {', '.join(FAILED_CONNS)})")
+    return str(t.choice("failed_conns", FAILED_CONNS, default))
 
 
 _DEFAULT_SERVICE = VirtualService(ServiceConfig(Proto.TCP, ANY_ADDR, 1))

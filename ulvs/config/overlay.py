@@ -87,11 +87,11 @@ def policies(config: Config) -> dict[ServiceKey, ServicePolicy]:
 
 
 def needs_monitor(config: Config) -> bool:
-    """Whether the configuration gives a health monitor anything to do: a check, a sorry server
-    or a quorum script."""
+    """Whether the configuration gives a health monitor anything to do: a check, a sorry server,
+    a quorum script or passive ejection."""
     return any(rs.checks for vs in config.services for rs in vs.dests) or any(
         vs.sorry_server is not None or vs.quorum_up is not None or vs.quorum_down is not None
-        for vs in config.services)
+        or vs.ejection is not None for vs in config.services)
 
 
 def _sorry_dest(service: JsonObj, ep: Endpoint, weight: int) -> JsonObj:

@@ -21,6 +21,7 @@ from ulvs.config.schema import (
     CheckSpec,
     Config,
     DaemonSettings,
+    EjectionSettings,
     MetricsSettings,
     RealServer,
     SyncSettings,
@@ -130,7 +131,8 @@ def _service_keys(vs: VirtualService, forwarding: FwdMethod) -> list[tuple[str, 
         pairs.append(("forwarding", forwarding.value))
     for name, v in _changed(vs, _DEFAULT_SERVICE, (
             "delay_loop", "sorry_server", "sorry_server_inhibit", "quorum", "hysteresis", "quorum_up",
-            "quorum_down", "alpha", "omega", "inhibit_on_failure", "virtualhost")):
+            "quorum_down", "alpha", "omega", "inhibit_on_failure", "virtualhost", "slow_start",
+            "failed_conns")):
         pairs.append((name, f"{v[0]}:{v[1]}" if name == "sorry_server" else v))
     return pairs
 
@@ -159,6 +161,8 @@ def _service(vs: VirtualService) -> list[str]:
     first = vs.dests[0].checks if vs.dests else ()
     shared = first if all(rs.checks == first for rs in vs.dests) else ()
     out = ["", "[[service]]", *_lines(_service_keys(vs, forwarding))]
+    if vs.ejection is not None:         # the table switches ejection on, even with no keys
+        out += ["", "[service.ejection]", *_lines(_changed(vs.ejection, EjectionSettings()))]
     for c in shared:
         out += _check("service.check", c)
     for rs in vs.dests:

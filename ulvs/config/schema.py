@@ -128,6 +128,42 @@ class RealServer:
     where: Where | None = field(default=None, compare=False)
 
 
+MAX_EJECTION_BACKOFF = 86400.0              # s
+MAX_EJECTION_SYNS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionSettings:
+    """ulvs: passive ejection of a service's masq dests (``ulvs.health.policy.EjectionPolicy``).
+    Each second the health monitor reads the new TCP connections the director sent to each dest
+    and how many it answered with a SYN-ACK; a dest that got at least ``min_syns`` and left more
+    than ``threshold`` of them unanswered (silence or a RST) is taken out of service for
+    ``backoff`` seconds, doubled with each consecutive ejection up to ``backoff_max``, then
+    re-probed by its checkers.  At most ``max_fraction`` of the service's dests are out at once."""
+
+    threshold: float = 0.5          # fraction unanswered that ejects: 0 <= threshold < 1
+    min_syns: int = 10              # SYNs in a second below which a dest is not judged
+    backoff: float = 10.0           # s, the first ejection
+    backoff_max: float = 300.0      # s, the longest
+    max_fraction: float = 0.5       # of the service's dests, 0..1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"ejection threshold {self.threshold:g} out of range (allowed: 0 <= "
+                             "threshold < 1)")
+        if not 1 <= self.min_syns <= MAX_EJECTION_SYNS:
+            raise ValueError(f"ejection min_syns {self.min_syns} out of range (allowed: "
+                             f"1..{MAX_EJECTION_SYNS})")
+        if not 0.0 < self.backoff <= MAX_EJECTION_BACKOFF:
+            raise ValueError(f"ejection backoff {self.backoff:g} out of range (allowed: "
+                             f"0 < backoff <= {MAX_EJECTION_BACKOFF:g})")
+        if not self.backoff <= self.backoff_max <= MAX_EJECTION_BACKOFF:
+            raise ValueError(f"ejection backoff_max {self.backoff_max:g} out of range (allowed: "
+                             f"backoff ({self.backoff:g})..{MAX_EJECTION_BACKOFF:g})")
+        if not 0.0 <= self.max_fraction <= 1.0:
+            raise ValueError(f"ejection max_fraction {self.max_fraction:g} out of range (allowed: 0..1)")
+
+
 @dataclass(frozen=True, slots=True)
 class VirtualService:
     """A service with its dests and its health policy (keepalived ``virtual_server``)."""
@@ -146,7 +182,23 @@ class VirtualService:
     omega: bool = False                     # run notify_down/quorum_down on removal too
     inhibit_on_failure: bool = False        # weight 0 instead of removal when a check fails
     virtualhost: str | None = None          # default HTTP Host for HTTP_GET checks
+    slow_start: float = 0.0                 # ulvs: s to ramp a returning dest's weight (0 = off)
+    failed_conns: str = "keep"              # ulvs: a failed dest's TCP conns (FAILED_CONNS)
+    ejection: EjectionSettings | None = None  # ulvs: passive ejection (off unless set)
     where: Where | None = field(default=None, compare=False)
+
+
+# What happens to a failed dest's TCP connections (``VirtualService.failed_conns``; the health
+# policy's ``ConnPolicy`` by value): "keep" them until they time out (they resume if the dest
+# returns first), or "expire" them at once.  ``ConnPolicy.RESET`` (a RST to both ends) is not
+# offered: the dataplane keeps no TCP sequence numbers, so it cannot make a RST either end would
+# accept (``FAILED_CONNS_REFUSED`` says why, for the parsers' errors).
+FAILED_CONNS = ("keep", "expire")
+FAILED_CONNS_REFUSED = {
+    "reset": "'reset' is not available: the dataplane keeps no TCP sequence numbers, so it cannot "
+             "send a RST either end would accept",
+}
+MAX_SLOW_START = 86400.0                    # s
 
 
 # -- VRRP (run by the director-pair speaker; parsed and validated here) ----------------------

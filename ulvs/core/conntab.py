@@ -35,6 +35,7 @@ F_SYNC = 0x08       # created from a sync message
 F_UDP = 0x10        # protocol is UDP (else TCP)
 F_OPS = 0x20        # one-packet scheduling: not found by the in key, rescheduled per datagram
 F_DEAD = 0x40       # template unlinked (its dest became invalid); freed with its last conn
+F_ANSWERED = 0x80   # the dest answered the connection's SYN (SYN-ACK or RST): counted once
 
 # ``last`` holds 32-bit ticks of 1/16 s since the table's epoch (its first ``now``): 4 bytes per
 # connection instead of 8, 62.5 ms resolution, 8.5 years of range.

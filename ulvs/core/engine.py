@@ -22,13 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ulvs.core import xmit
-from ulvs.core.conntab import F_DEAD, F_INACTIVE, F_NAT, F_OPS, F_TEMPLATE, ConnTable
+from ulvs.core.conntab import F_ANSWERED, F_DEAD, F_INACTIVE, F_NAT, F_OPS, F_TEMPLATE, ConnTable
 from ulvs.core.fastpath import process_batch as _fast_process_batch
 from ulvs.core.model import Dest, DestConfig, FwdMethod, Proto, Service, ServiceConfig
 from ulvs.core.proto_tcp import (
     DEFAULT_TIMEOUTS,
     NUM_STATES,
     STATE_NAMES,
+    TH_ACK,
+    TH_RST,
+    TH_SYN,
     UDP_STATE,
     Direction,
     TcpState,
@@ -456,6 +459,8 @@ class Core:
             t.out_tab[proto][okey] = slot
         dest.inactconns += 1
         self.stats.conns[dest.sid] += 1
+        if nat and proto == IPPROTO_TCP:
+            self.stats.syns[dest.sid] += 1    # passive health: a SYN the dest should answer
         u = dest.config.u_threshold
         sched = dest.service.scheduler
         if u and dest.activeconns + dest.inactconns >= u and not dest.overloaded:
@@ -614,7 +619,7 @@ class Core:
         slot = t.tabs[(p, 0)].get(key)
         if slot is not None:
             st = t.state[slot]
-            if p == IPPROTO_TCP and st in _REUSABLE and slot not in t.control:
+            if p == IPPROTO_TCP and self._syn_restarts(slot):
                 replaces = STATE_NAMES[st]        # a new SYN starts over (conn_reuse_mode)
             else:
                 dest: Dest = t.dest(slot)
@@ -789,9 +794,7 @@ class Core:
         key = f.saddr + f.daddr + _PORTS.pack(f.sport, f.dport)
         slot = t.tabs[(f.proto, 0)].get(key)
         if slot is not None:
-            if f.proto == IPPROTO_TCP and is_pure_syn(f.tcp_flags) and t.state[slot] in _REUSABLE \
-                    and slot not in t.control:
-                # conn_reuse_mode: a new SYN on a closed entry starts a new connection.
+            if f.proto == IPPROTO_TCP and is_pure_syn(f.tcp_flags) and self._syn_restarts(slot):
                 self._unbind(slot)
             else:
                 self._forward_in(j, buf, f, slot, now)
@@ -809,6 +812,20 @@ class Core:
                 self.verdicts[j] = _PASS
             return
         self._new_conn(j, buf, f, svc, ifin, now)
+
+    def _syn_restarts(self, slot: int) -> bool:
+        """Whether a new SYN on TCP connection ``slot`` starts a new connection (scheduled afresh)
+        instead of following it.  conn_reuse_mode: the entry is closed (TIME_WAIT, CLOSE) and no
+        persistence template controls it.  ulvs: or the entry is embryonic (SYN_RECV) and its dest
+        was removed -- the dest never completed the handshake (an ejected dest left the SYN
+        unanswered, or a failed one went away), so the client's retransmitted SYN, or its next
+        connection from the same port, goes to a live dest instead of being dropped as
+        dest_gone until the entry times out."""
+        t = self.table
+        st = t.state[slot]
+        if st in _REUSABLE and slot not in t.control:
+            return True
+        return st == TcpState.SYN_RECV and bool(t.dest(slot).removed)
 
     def _new_conn(self, j: int, buf: Any, f: Frame, svc: Service, ifin: int, now: float) -> None:
         if f.proto == IPPROTO_TCP and not is_pure_syn(f.tcp_flags):
@@ -944,8 +961,24 @@ class Core:
             self._nodest(j, slot)
             return
         if f.proto == IPPROTO_TCP:
+            if t.state[slot] == TcpState.SYN_RECV and not t.flags[slot] & F_ANSWERED:
+                self._count_answer(slot, f.tcp_flags)
             self._set_state(slot, next_state(Direction.OUTPUT, f.tcp_flags, t.state[slot]), now)
         self._xmit(j, buf, f, slot, t.oplan[slot], True, now)
+
+    def _count_answer(self, slot: int, flags: int) -> None:
+        """Passive health: the dest's first answer to a connection's SYN, a RST (refused) or a
+        SYN-ACK (accepted), counted once per connection.  Every segment of a connection not yet
+        ESTABLISHED comes through the slow path, so the fast path counts nothing."""
+        t = self.table
+        sid = t.dest(slot).sid
+        if flags & TH_RST:
+            self.stats.rsts[sid] += 1
+        elif flags & (TH_SYN | TH_ACK) == TH_SYN | TH_ACK:
+            self.stats.synacks[sid] += 1
+        else:
+            return
+        t.flags[slot] |= F_ANSWERED
 
     def _xmit(self, j: int, buf: Any, f: Frame, slot: int, plan: list[Any], nat: bool, now: float) -> None:
         if plan[xmit.P_EG] < 0:

@@ -18,11 +18,18 @@ service policy (``ulvs.health.policy.ServiceHealth``, one per service):
 * it turns what they decide into control requests to the daemon over the control socket:
   ``health`` (a dest in or out of service, its weight when a dynamic checker or slow start sets
   one, the last probe's detail), ``sorry`` (a service's sorry server on or off) and
-  ``expire_dest_conns`` (a failed dest's UDP flows, sent after the dest has left the pool).
+  ``expire_dest_conns`` (a failed dest's UDP flows, and its TCP connections when the service
+  has ``failed_conns = "expire"``; sent after the dest has left the pool).  A service's
+  ``slow_start`` and ``failed_conns`` reach its ``ServiceHealth`` (``conn_policy``), on a reload too.
   The daemon owns what is served; the monitor only reports.  It reports each dest once it is
   judged (every check has had a result) and then on every change, and again after
   reconnecting, so a restarted monitor replaces what an earlier one said without first
   bringing a failed dest back;
+* passive ejection: while a service has ``ejection``, every ``TRAFFIC_INTERVAL`` it reads the
+  dests' ``syns``/``synacks`` counters from the daemon (a ``snapshot`` without connections, on
+  a second control connection) and feeds their deltas to the policy as ``Sample``s; an
+  ejected dest is reported down with why ("ejected: 12 of 14 SYNs unanswered, back-off 2 s"),
+  and returns once the back-off is over and its checkers pass;
 * ``notify_up``/``notify_down``/``quorum_up``/``quorum_down`` run as argument vectors (never a
   shell) in a session of their own, killed with their process group after ``SCRIPT_TIMEOUT``;
 * SIGHUP reloads the configuration and migrates the health state (``policy.migrate``), so
@@ -70,6 +77,7 @@ log = logging.getLogger("ulvs.health")
 
 SCRIPT_TIMEOUT = 30.0       # s a notify or quorum script may run before its group is killed
 REQUEST_TIMEOUT = 10.0      # s for one control request and its reply
+TRAFFIC_INTERVAL = 1.0      # s between two reads of the dests' SYN counters (passive ejection)
 RECONNECT_DELAY = 0.5       # s between attempts to reach the control socket
 PROTOCOL_VERSION = 1
 PR_SET_PDEATHSIG = 1
@@ -138,6 +146,16 @@ def cascade(vs: VirtualService) -> VirtualService:
     return replace(vs, dests=tuple(replace(rs, checks=tuple(spec(c) for c in rs.checks)) for rs in vs.dests))
 
 
+def conn_policy(vs: VirtualService) -> pol.ConnPolicy:
+    """The service's ``failed_conns`` as the policy's ``ConnPolicy`` (the same names)."""
+    return pol.ConnPolicy(vs.failed_conns)
+
+
+def ejection_policy(vs: VirtualService) -> pol.EjectionPolicy | None:
+    """The service's ``ejection`` settings as the policy's ``EjectionPolicy`` (None: off)."""
+    return None if vs.ejection is None else pol.EjectionPolicy.from_settings(vs.ejection)
+
+
 def target_for(daddr: ipaddress.IPv4Address, dport: int, spec: CheckSpec) -> Target:
     """The probe target of ``spec`` for dest ``daddr:dport`` (connect_ip/port, bindto/bind_port)."""
 
@@ -165,6 +183,8 @@ class Monitor:
     def __init__(self, config_path: Path, fmt: str | None, socket: Path) -> None:
         self.config_path, self.fmt = config_path, fmt
         self.client = ControlClient(socket)
+        self.poller = ControlClient(socket)      # its own connection: traffic reads, replies used
+        self.traffic: dict[tuple[ServiceKey, DestKey], tuple[int, int]] = {}   # last syns, synacks
         self.services: dict[ServiceKey, pol.ServiceHealth] = {}
         self.configs: dict[ServiceKey, VirtualService] = {}
         self.sent: dict[tuple[ServiceKey, DestKey], Report] = {}
@@ -192,10 +212,13 @@ class Monitor:
         for vs in config.services:
             key = vs.config.key
             old = self.services.get(key)
+            # slow_start and failed_conns are the new configuration's, also on a reload
             if old is not None:
-                new[key] = pol.migrate(old, vs, now)
+                new[key] = pol.migrate(old, vs, now, slow_start=vs.slow_start, conn_policy=conn_policy(vs),
+                                       ejection=ejection_policy(vs))
             else:
-                new[key] = pol.ServiceHealth(vs, now)
+                new[key] = pol.ServiceHealth(vs, now, slow_start=vs.slow_start, conn_policy=conn_policy(vs),
+                                             ejection=ejection_policy(vs))
         for key, old in self.services.items():
             if key not in new:
                 old.shutdown()
@@ -205,6 +228,8 @@ class Monitor:
         keep = {(k, d) for k, sh in new.items() for d in sh.dests()}
         self.sent = {k: v for k, v in self.sent.items() if k in keep}
         self.sorry_sent = {k: v for k, v in self.sorry_sent.items() if k in new}
+        self.traffic = {k: v for k, v in self.traffic.items()
+                        if k in keep and self.configs[k[0]].ejection is not None}
         wanted = {self._checker_key(rs.config.daddr, rs.config.dport, spec)
                   for vs in config.services for rs in vs.dests for spec in rs.checks}
         self.checkers = {k: c for k, c in self.checkers.items() if k in wanted}
@@ -241,18 +266,20 @@ class Monitor:
         log.info("health monitor running: %d service(s), %d dest(s), %d distinct probe(s)",
                  len(self.services), n, len(self.checkers))
         sender = asyncio.ensure_future(self._send_loop())
+        poller = asyncio.ensure_future(self._traffic_loop())
         self.step()
         try:
             await self.stop.wait()
         finally:
             if self.timer is not None:
                 self.timer.cancel()
-            for task in [sender, *self.tasks]:
+            for task in [sender, poller, *self.tasks]:
                 task.cancel()
-            for task in [sender, *self.tasks]:
+            for task in [sender, poller, *self.tasks]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.client.close()
+            self.poller.close()
             log.info("health monitor stopping")
         return 0
 
@@ -352,6 +379,9 @@ class Monitor:
             states = [sh.check_state(c) for c in sh.check_ids(dest)]
             failing = [c.detail for c in states if not c.counts_up]
             detail = "; ".join(d for d in (failing or [c.detail for c in states]) if d)
+            ejected = sh.ejection_detail(dest)
+            if ejected is not None:
+                detail = ejected
             report: Report = (up, weight, detail)
             if self.sent.get((sh.key, dest)) != report:
                 self.sent[(sh.key, dest)] = report
@@ -390,6 +420,57 @@ class Monitor:
                         daddr, dport = dest_addr_from_json(where)
                         where = f"{daddr}:{dport}"
                 log.warning("daemon refused %s %s: %s", req.get("cmd"), where or "", reply.get("error"))
+
+    # -- passive ejection -------------------------------------------------------------------------
+    async def _traffic_loop(self) -> None:
+        """Every ``TRAFFIC_INTERVAL``, while a service has ``ejection``, read the dests' SYN
+        counters (a snapshot without connections, merged across the daemon's workers) and feed
+        their deltas to the policies."""
+        while True:
+            await asyncio.sleep(TRAFFIC_INTERVAL)
+            if not any(vs.ejection is not None for vs in self.configs.values()):
+                self.traffic.clear()
+                continue
+            reply = await self.poller.request({"cmd": "snapshot", "conns": False})
+            if not reply.get("ok"):
+                log.warning("daemon refused snapshot: %s", reply.get("error"))
+                continue
+            try:
+                self.observe_traffic(reply["snapshot"], time.monotonic())
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                log.warning("daemon's snapshot unreadable, traffic not judged: %r", e)
+
+    def observe_traffic(self, snapshot: JsonObj, now: float) -> None:
+        """Turn the cumulative ``syns``/``synacks`` of each dest of a service with ejection into
+        one interval's ``Sample`` (the deltas since the last read) and act on what the policies
+        decide.  A dest seen for the first time, or whose counters went back (zeroed, or the dest
+        re-created), only sets the baseline; a dest absent from the snapshot (out of the pool)
+        loses it.  A SYN-ACK counted in the interval after its SYN cannot make ``answered``
+        exceed ``syns``: it is capped."""
+        seen: dict[tuple[ServiceKey, DestKey], tuple[int, int]] = {}
+        touched: list[pol.ServiceHealth] = []
+        for entry in snapshot["services"]:
+            key = service_key_from_json(entry["service"])
+            sh, vs = self.services.get(key), self.configs.get(key)
+            if sh is None or vs is None or vs.ejection is None:
+                continue
+            for d in entry["dests"]:
+                dest = dest_addr_from_json(d["dest"])
+                counters = d["counters"]
+                now_counts = (int(counters.get("syns", 0)), int(counters.get("synacks", 0)))
+                seen[(key, dest)] = now_counts
+                last = self.traffic.get((key, dest))
+                if last is None:
+                    continue
+                syns, answered = now_counts[0] - last[0], now_counts[1] - last[1]
+                if syns < 0 or answered < 0:
+                    continue
+                sh.observe_traffic(dest, pol.Sample(syns, min(answered, syns)), now)
+            touched.append(sh)
+        self.traffic = seen
+        for sh in touched:
+            self._events(sh)
+        self._arm()
 
     # -- probes ---------------------------------------------------------------------------------
     def _probe(self, ev: pol.ProbeDue) -> None:

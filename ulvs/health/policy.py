@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from ulvs.config.schema import Argv, CheckSpec, Endpoint, RealServer, VirtualService
+from ulvs.config.schema import Argv, CheckSpec, EjectionSettings, Endpoint, RealServer, VirtualService
 from ulvs.core.model import Proto
 from ulvs.health import state as st
 from ulvs.health.base import Result
@@ -295,6 +295,12 @@ class EjectionPolicy:
         if not 0.0 <= self.max_fraction <= 1.0:
             raise ValueError(f"eject max_fraction {self.max_fraction} outside 0..1")
 
+    @classmethod
+    def from_settings(cls, s: EjectionSettings) -> EjectionPolicy:
+        """The policy of a service's configured ``ejection`` (``[service.ejection]``)."""
+        return cls(threshold=s.threshold, min_syns=s.min_syns, base=s.backoff, max=s.backoff_max,
+                   max_fraction=s.max_fraction)
+
     def backoff(self, count: int) -> float:
         return min(self.base * 2.0 ** (count - 1), self.max)
 
@@ -321,6 +327,7 @@ class EjectState:
     count: int = 0                  # consecutive ejections
     out: bool = False               # ejected and not yet returned
     until: float | None = None      # end of the back-off (None once it is over)
+    detail: str = ""                # why, while out: "ejected: 12 of 14 SYNs unanswered, back-off 2 s"
 
 
 class Ejector:
@@ -354,7 +361,9 @@ class Ejector:
             return None
         count = cur.count + 1
         backoff = self.policy.backoff(count)
-        self._state[dest] = EjectState(count, True, now + backoff)
+        detail = (f"ejected: {sample.syns - sample.answered} of {sample.syns} SYNs unanswered, "
+                  f"back-off {backoff:g} s")
+        self._state[dest] = EjectState(count, True, now + backoff, detail)
         return backoff
 
     def expire(self, now: float) -> list[DestKey]:
@@ -366,7 +375,7 @@ class Ejector:
 
     def release(self, dest: DestKey) -> None:
         """The dest is back (its consecutive count is kept until an interval passes)."""
-        self._state[dest] = replace(self._state[dest], out=False, until=None)
+        self._state[dest] = replace(self._state[dest], out=False, until=None, detail="")
 
     def next_deadline(self) -> float | None:
         return min((s.until for s in self._state.values() if s.until is not None), default=None)
@@ -434,8 +443,9 @@ class ServiceHealth:
 
     ``installed`` is what the pool holds when this object takes over (default: every configured
     dest at its configured weight, as the service was added; with ``previous``: what the old
-    object had applied).  ``slow_start`` (seconds), ``conn_policy`` and ``ejection`` are service
-    options the config model does not carry yet.  ``rng`` returns the warmup fractions (0..1).
+    object had applied).  ``slow_start`` (seconds) and ``conn_policy`` are the service's
+    ``slow_start`` and ``failed_conns``, and ``ejection`` its ``ejection`` settings (the monitor
+    passes them; ``EjectionPolicy.from_settings``).  ``rng`` returns the warmup fractions (0..1).
     ``previous`` is the object this one replaces on a reload: use ``migrate``.
     """
 
@@ -500,6 +510,14 @@ class ServiceHealth:
 
     def ejected(self, dest: DestKey) -> bool:
         return self._ejector is not None and self._ejector.ejected(dest)
+
+    def ejection_detail(self, dest: DestKey) -> str | None:
+        """Why an ejected dest is out ("ejected: 12 of 14 SYNs unanswered, back-off 2 s", then
+        "...; back-off over, re-probing" until its checkers pass), or None when it is not."""
+        if self._ejector is None or not self._ejector.ejected(dest):
+            return None
+        s = self._ejector.state(dest)
+        return s.detail if s.until is not None else f"{s.detail}; back-off over, re-probing"
 
     def check_ids(self, dest: DestKey) -> tuple[CheckId, ...]:
         return tuple(CheckId(dest, s) for s in self._dests[dest].checks)
@@ -570,8 +588,7 @@ class ServiceHealth:
         backoff = self._ejector.observe(dest, sample, now)
         if backoff is not None:
             self._dests[dest].confirm = set()
-            self._sync(now, reason=f"ejected for {backoff:g}s: {sample.syns - sample.answered} of "
-                                   f"{sample.syns} SYNs unanswered")
+            self._sync(now, reason=self._ejector.state(dest).detail)
 
     def shutdown(self) -> None:
         """The service is going away: empty its pool (with omega, run the down scripts too)."""
@@ -768,15 +785,23 @@ class ServiceHealth:
         self._sorry_applied = sorry
 
 
+class Keep(Enum):
+    """``migrate``'s default for an option where None has a meaning of its own."""
+
+    OLD = "old"
+
+
 def migrate(old: ServiceHealth, new_config: VirtualService, now: float, *,
             slow_start: float | None = None, conn_policy: ConnPolicy | None = None,
-            ejection: EjectionPolicy | None = None,
+            ejection: EjectionPolicy | None | Keep = Keep.OLD,
             installed: Mapping[DestKey, int] | None = None) -> ServiceHealth:
     """Reload by diff: a ServiceHealth for ``new_config`` that keeps ``old``'s state of every
     dest still configured (same daddr:dport) and of every checker whose CheckSpec is unchanged
     (a checker's target is its dest plus its options, so the same spec on the same dest is the
     same probe).  Removed dests leave the pool; added dests start as at start-up but ramp.
-    Options left None are ``old``'s; ``old``'s pending events move over and ``old`` is closed.
+    Options left None are ``old``'s, and so is ``ejection`` left out (None: no ejection any
+    more, and every ejected dest is back unless its checkers say otherwise); ``old``'s pending
+    events move over and ``old`` is closed.
     A service whose key changed is a different service: shut the old one down instead."""
     if old.key != new_config.config.key:
         raise ValueError(f"migrate: service {old.key} is not {new_config.config.key}")
@@ -784,7 +809,7 @@ def migrate(old: ServiceHealth, new_config: VirtualService, now: float, *,
         new_config, now,
         slow_start=old.slow_start if slow_start is None else slow_start,
         conn_policy=old.conn_policy if conn_policy is None else conn_policy,
-        ejection=ejection if ejection is not None else (old._ejector.policy if old._ejector else None),
+        ejection=(old._ejector.policy if old._ejector else None) if ejection is Keep.OLD else ejection,
         installed=installed, previous=old)
     old._closed = True
     old._events = []

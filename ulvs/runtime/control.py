@@ -13,6 +13,10 @@ Wire shapes (``svc`` = a service key, ``SVC`` = a full service config, ``DST`` =
        (fwm adds "members": [{"proto": "tcp", "vaddr": ..., "vport": ...}, ...])
   DST  {"daddr": "192.168.1.1", "dport": 80, "weight": 1, "method": "masq"|"droute"|"tunnel",
         "u_threshold": 0, "l_threshold": 0}
+  counters (of a service and of each dest, in snapshots): {"conns", "inpkts", "outpkts",
+        "inbytes", "outbytes", "syns", "synacks", "rsts"}: cumulative; "syns" counts the new TCP
+        connections sent to a masq dest, "synacks"/"rsts" those it answered with a SYN-ACK/RST
+        (passive health; the health monitor polls them for ejection)
 
   {"cmd": "add_service", "service": SVC}            {"cmd": "edit_service", "service": SVC}
   {"cmd": "del_service", "service": svc}            {"cmd": "clear"}
@@ -117,7 +121,7 @@ PROTOCOL_VERSION = 1            # the control protocol's version ("v" of request
 
 DestKey = tuple[ServiceKey, ipaddress.IPv4Address, int]
 
-_COUNTER_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+_COUNTER_FIELDS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes", "syns", "synacks", "rsts")
 _RATE_FIELDS = ("cps", "inpps", "outpps", "inbps", "outbps")
 
 
@@ -574,6 +578,7 @@ def _set_counters(core: Core, sid: int, c: Counters) -> None:
     st.conns[sid] = c.conns
     st.pkts[sid * 2], st.pkts[sid * 2 + 1] = c.inpkts, c.outpkts
     st.bytes[sid * 2], st.bytes[sid * 2 + 1] = c.inbytes, c.outbytes
+    st.syns[sid], st.synacks[sid], st.rsts[sid] = c.syns, c.synacks, c.rsts
 
 
 def _batch(core: Core, req: Mapping[str, Any], ctx: _Ctx) -> JsonObj:
