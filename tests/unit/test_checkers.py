@@ -11,12 +11,11 @@ import ipaddress
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
 from ulvs.config.keepalived import parse
 from ulvs.config.schema import CheckSpec
@@ -26,13 +25,6 @@ from ulvs.health.checkers import http
 LOCAL = ipaddress.IPv4Address("127.0.0.1")
 TIMEOUT = 0.3
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
-    def go(coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run(coro) if request.param == "asyncio" else uvloop.run(coro)
-    return go
 
 
 def checker(kind: str, port: int, **options: Any) -> Checker:

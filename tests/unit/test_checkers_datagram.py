@@ -7,11 +7,10 @@ import contextlib
 import ipaddress
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import pytest
-import uvloop
 
 from ulvs.config.schema import CheckSpec
 from ulvs.health.base import Checker, CheckerError, Result, Target, create
@@ -21,13 +20,6 @@ from ulvs.health.checkers._io import Failed
 LOCAL = ipaddress.IPv4Address("127.0.0.1")
 TIMEOUT = 0.3
 Reply = Callable[[bytes], list[bytes]]   # a request -> the datagrams sent back
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
-    def go(coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run(coro) if request.param == "asyncio" else uvloop.run(coro)
-    return go
 
 
 def checker(kind: str, port: int, **options: Any) -> Checker:

@@ -10,12 +10,11 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
 from ulvs.config.lvscf import parse as parse_lvscf
 from ulvs.config.schema import CheckSpec
@@ -26,13 +25,6 @@ from ulvs.health.checkers import misc
 LOCAL = ipaddress.IPv4Address("127.0.0.1")
 TIMEOUT = 0.3
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
-    def go(coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run(coro) if request.param == "asyncio" else uvloop.run(coro)
-    return go
 
 
 def checker(kind: str, port: int = 0, **options: Any) -> Checker:
