@@ -142,6 +142,7 @@ class Settings:
     rps: bool = True
     groups: tuple[str, ...] = GROUPS
     rx_ring: str = "v3"         # ulvs run --rx-ring
+    tx_ring: int = 4096         # ulvs run --tx-ring
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
@@ -682,6 +683,8 @@ class Env:
             str(ULVS_WORKERS.get(self.system, 1)),
             "--rx-ring",
             self.s.rx_ring,
+            "--tx-ring",
+            str(self.s.tx_ring),
         ]
         proc = self.procs.start("director", argv, "ulvs", log)
         deadline = time.monotonic() + 20
@@ -1327,6 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-rps", action="store_true", help="leave the director's receive processing unsteered")
     ap.add_argument("--rx-ring", choices=("v3", "lanes"), default="v3", help="ulvs run --rx-ring (v3)")
+    ap.add_argument("--tx-ring", type=int, default=4096, metavar="SLOTS", help="ulvs run --tx-ring (4096)")
     args = ap.parse_args(argv)
     systems = tuple(x for x in args.systems.split(",") if x)
     groups = tuple(x for x in args.figures.split(",") if x)
@@ -1335,7 +1339,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_netns: needs root (network namespaces)", file=sys.stderr)
         return 2
-    s = replace(Settings.make(args.quick), rps=not args.no_rps, groups=groups, rx_ring=args.rx_ring)
+    s = replace(Settings.make(args.quick), rps=not args.no_rps, groups=groups, rx_ring=args.rx_ring,
+                tx_ring=args.tx_ring)
     result = run(s, systems)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:

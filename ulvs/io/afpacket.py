@@ -42,6 +42,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ from ulvs.io.base import Batch
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_LOSS = 14
+PACKET_TX_RING = 13
 PACKET_VERSION = 10
 PACKET_VNET_HDR = 15
 PACKET_FANOUT = 18
@@ -62,6 +66,10 @@ TPACKET_V3 = 2
 ETH_P_ALL = 0x0003
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
+TP_STATUS_AVAILABLE = 0         # transmit ring: slot free
+TP_STATUS_SEND_REQUEST = 1      # transmit ring: filled, for the kernel to send
+TX_SNDBUF = 1 << 22             # send() socket: room for 64 GSO super-packets in flight
+TX_DATA = 32                    # TPACKET2_HDRLEN - sizeof(sockaddr_ll): where a slot's frame starts
 
 # struct tpacket_req3: block size, block count, frame size, frame count, retire timeout (ms),
 # private area size, feature request word.
@@ -69,6 +77,9 @@ _REQ3 = struct.Struct("=IIIIIII")
 # struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status,
 # num_pkts, offset_to_first_pkt, blk_len, seq_num, ts_first, ts_last.
 _BLOCK = struct.Struct("=IIIII")
+# ... and at offset 40 the block's ts_last_pkt: seconds, nanoseconds.
+_BLOCK_TS = struct.Struct("=II")
+_SEQ = struct.Struct("=Q")      # tpacket_hdr_v1.seq_num, at offset 24
 # struct tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac, net.
 _PKT = struct.Struct("=IIIIIIHH")
 # struct tpacket_req (V2): block size, block count, frame size, frame count.
@@ -76,6 +87,8 @@ _REQ = struct.Struct("=IIII")
 # struct tpacket2_hdr: status, len, snaplen, mac, net (then sec, nsec, vlan fields, unread).
 _PKT2 = struct.Struct("=IIIHH")
 _STATUS = struct.Struct("=I")
+_TXHDR = struct.Struct("=II")   # tpacket2_hdr.tp_status, tp_len
+_LOW = 0 if sys.byteorder == "little" else 3  # the byte of tp_status that holds the flags
 # struct virtio_net_hdr (host order): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET = struct.Struct("=BBHHHH")
 VNET_LEN = VNET.size
@@ -101,6 +114,7 @@ class RingConfig:
     block_count: int = 16
     frame_size: int = 1 << 16      # only used to size tp_frame_nr
     retire_ms: int = 1             # hand over a partly filled block after 1 ms
+    stale_after: float = 0.1       # s: a block whose last frame is older is dropped unread
     # lanes
     slot_size: int = 2048          # TPACKET_V2 slot: header, vnet header, frame up to small_max
     slot_count: int = 8192         # 16 MiB of slots
@@ -108,6 +122,9 @@ class RingConfig:
     big_size: int = 1 << 17        # a GSO super-packet (64 KiB + headers) fits
     big_count: int = 32
     batch_max: int = 512           # frames per batch from the small lane
+    # transmit ring (TPACKET_V2, both modes); 0 slots: one send() per frame
+    tx_slot_size: int = 2048       # header (32) + vnet header + frame up to 2,006 bytes
+    tx_slot_count: int = 4096      # 8 MiB: room for the frames still in flight
 
 
 def _length_filter(small_max: int, small: bool) -> bytes:
@@ -179,7 +196,28 @@ class PacketRing:
             self.map = mmap.mmap(self.rx.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             self.tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            # Never block the dataplane on a full send buffer: the frame is lost, as on a wire.
+            self.tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TX_SNDBUF)
+            self.tx.setblocking(False)
             self.tx.bind((ifname, 0))
+            # Once a socket has a transmit ring, send() only flushes the ring: frames that do
+            # not go through the ring need a socket of their own.
+            self.txr: socket.socket | None = None
+            self.txmap: mmap.mmap | None = None
+            if cfg.tx_slot_count:
+                self.txr = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                self.txr.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                # Malformed frames are skipped rather than stopping the ring (PACKET_LOSS).
+                self.txr.setsockopt(SOL_PACKET, PACKET_LOSS, 1)
+                self.txr.setsockopt(SOL_PACKET, 20, 1)
+                self.txr.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+                per_block = (1 << 20) // cfg.tx_slot_size
+                self.txr.setsockopt(SOL_PACKET, PACKET_TX_RING, _REQ.pack(
+                    per_block * cfg.tx_slot_size, cfg.tx_slot_count // per_block, cfg.tx_slot_size,
+                    cfg.tx_slot_count))
+                self.txmap = mmap.mmap(self.txr.fileno(), cfg.tx_slot_count * cfg.tx_slot_size,
+                                       mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                self.txr.bind((ifname, 0))
             if self.big is not None:
                 self.epoll = select.epoll()
                 self.epoll.register(self.rx.fileno(), select.EPOLLIN)
@@ -188,8 +226,20 @@ class PacketRing:
             self.rx.close()
             if self.big is not None:
                 self.big.close()
+            for name in ("tx", "txr"):
+                sock = getattr(self, name, None)
+                if sock is not None:
+                    sock.close()
             raise
         self.view = memoryview(self.map)
+        self.txview = memoryview(self.txmap) if self.txmap is not None else None
+        self._tx_slot = 0           # next transmit slot, in step with the kernel's head
+        self._tx_pending = 0        # slots filled since the last flush
+        self.tx_fallback = 0        # frames sent with send() because the ring was full or they were long
+        self.tx_ring_frames = 0     # frames sent through the transmit ring
+        self.rx_resyncs = 0         # times the block cursor was found out of step (see _resync)
+        self.rx_stale = 0           # frames of stale blocks dropped unread (see _drop_block)
+        self._rx_stats = [0, 0, 0]  # PACKET_STATISTICS, accumulated (the kernel resets them on read)
         self._next_block = 0
         self._next_slot = 0
         self.holes = 0              # small-lane slots stepped over (see _skip_hole)
@@ -221,15 +271,34 @@ class PacketRing:
 
     # -- receive --------------------------------------------------------------------------------
     def ready_blocks(self) -> Iterator[int]:
-        """Offsets of blocks handed to userspace, in ring order."""
+        """Offsets of blocks handed to userspace, in the order the kernel filled them."""
         bs, n, m = self.cfg.block_size, self.cfg.block_count, self.map
         while True:
             boff = self._next_block * bs
             (status,) = _STATUS.unpack_from(m, boff + 8)
             if not status & TP_STATUS_USER:
-                return
+                if not self._resync():
+                    return
+                continue
             yield boff
             self._next_block = (self._next_block + 1) % n
+
+    def _resync(self) -> bool:
+        """Our next block is still the kernel's: if another block is ready, the cursor has
+        fallen out of step with the kernel's (the socket then stays readable and the loop would
+        spin); move it to the oldest ready block, by the blocks' sequence numbers."""
+        bs, n, m = self.cfg.block_size, self.cfg.block_count, self.map
+        best, best_seq = -1, 0
+        for k in range(n):
+            if _STATUS.unpack_from(m, k * bs + 8)[0] & TP_STATUS_USER:
+                (seq,) = _SEQ.unpack_from(m, k * bs + 24)
+                if best < 0 or seq < best_seq:
+                    best, best_seq = k, seq
+        if best < 0:
+            return False
+        self._next_block = best
+        self.rx_resyncs += 1
+        return True
 
     def batches(self) -> Iterator[Batch]:
         """The frames received so far, a batch at a time; a batch's slots go back to the kernel
@@ -238,10 +307,24 @@ class PacketRing:
             yield from self._slot_batches()
             yield from self._big_batches()
             return
+        now = time.time()      # the kernel stamps frames with CLOCK_REALTIME
+        stale = self.cfg.stale_after
         for boff in self.ready_blocks():
+            if 3600 > now - _block_time(self.map, boff) > stale:  # an hour: another clock
+                self._drop_block(boff)
+                continue
             self.frames(boff)
             yield self.batch
             self.release(boff)
+
+    def _drop_block(self, boff: int) -> None:
+        """Receive livelock guard: in an overload the ring fills with frames that take the core
+        far longer to forward than they took to arrive (16 blocks of up to a millisecond's
+        frames each).  Forwarding them late helps no one and keeps fresh frames waiting, so a
+        block whose last frame arrived more than ``stale_after`` ago is given back unread; its
+        frames are counted as dropped (``rx_stale``)."""
+        self.rx_stale += _BLOCK.unpack_from(self.map, boff)[3]
+        self.release(boff)
 
     def _slot_batches(self) -> Iterator[Batch]:
         """The small lane: ready TPACKET_V2 slots in ring order, up to ``batch_max`` a batch."""
@@ -375,28 +458,86 @@ class PacketRing:
 
     # -- transmit -------------------------------------------------------------------------------
     def transmit(self, buf: Any, vnet_off: int, off: int, length: int) -> None:
-        """Send a (rewritten) frame with its vnet header, straight out of its buffer."""
+        """Queue a (rewritten) frame with its vnet header; ``flush`` sends what is queued.
+
+        The frame is copied into the next slot of the TPACKET_V2 transmit ring and marked
+        SEND_REQUEST; the kernel sends every marked slot, in ring order, on one ``send()``.
+        A frame too long for a slot (a GSO super-packet), or one that finds its slot still in
+        flight, goes out by a plain ``send()`` after the queued ones, so order is kept."""
+        tv = self.txview
+        total = off + length - vnet_off
+        if tv is not None and total <= self.cfg.tx_slot_size - TX_DATA:
+            soff = self._tx_slot * self.cfg.tx_slot_size
+            if not self.txmap[soff + _LOW]:  # type: ignore[index]  # tp_status is AVAILABLE
+                tv[soff + TX_DATA:soff + TX_DATA + total] = memoryview(buf)[vnet_off:off + length]
+                _TXHDR.pack_into(tv, soff, TP_STATUS_SEND_REQUEST, total)
+                self._tx_slot = (self._tx_slot + 1) % self.cfg.tx_slot_count
+                self._tx_pending += 1
+                self.tx_ring_frames += 1
+                return
+        if self._tx_pending:
+            self.flush()
+        self.tx_fallback += 1
         try:
             self.tx.send(memoryview(buf)[vnet_off:off + length])
         except OSError:
             pass  # a full queue or a vanished peer loses this frame, as a NIC would
 
+    def flush(self) -> None:
+        """Hand the queued transmit slots to the kernel (one system call)."""
+        if not self._tx_pending:
+            return
+        self._tx_pending = 0
+        try:
+            self.txr.send(b"", socket.MSG_DONTWAIT)  # type: ignore[union-attr]  # pending: a ring
+        except OSError:
+            pass  # e.g. the interface went away: the frames are lost, as on a wire
+
     def send_frame(self, frame: bytes) -> None:
         """Send a frame the core originated (no offloads)."""
+        if self._tx_pending:
+            self.flush()
         try:
             self.tx.send(bytes(VNET_LEN) + frame)
         except OSError:
             pass
 
+    def counters(self) -> dict[str, int]:
+        """What this port's rings saw: frames the kernel offered the receive ring and those it
+        dropped for want of a free block or slot (PACKET_STATISTICS), how often the receive
+        queue froze (TPACKET_V3), frames sent through the transmit ring and by plain send()."""
+        v3 = not self.lanes
+        raw = self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12 if v3 else 8)
+        got = struct.unpack("=III" if v3 else "=II", raw)
+        for i, n in enumerate(got):
+            self._rx_stats[i] += n
+        packets, drops, freezes = self._rx_stats
+        return {"rx_packets": packets - drops, "rx_ring_drops": drops, "rx_freezes": freezes,
+                "rx_stale": self.rx_stale, "rx_resyncs": self.rx_resyncs, "rx_holes": self.holes,
+                "tx_ring": self.tx_ring_frames, "tx_send": self.tx_fallback}
+
     def close(self) -> None:
         self.view.release()
         self.map.close()
+        if self.txview is not None:
+            self.txview.release()
+        if self.txmap is not None:
+            self.txmap.close()
+        if self.txr is not None:
+            self.txr.close()
         if self.epoll is not None:
             self.epoll.close()
         if self.big is not None:
             self.big.close()
         self.rx.close()
         self.tx.close()
+
+
+def _block_time(m: Any, boff: int) -> float:
+    sec: int
+    nsec: int
+    sec, nsec = _BLOCK_TS.unpack_from(m, boff + 40)
+    return sec + nsec * 1e-9
 
 
 def _read_sys(ifname: str, attr: str) -> str:

@@ -3,8 +3,8 @@
 A *port* is one attachment point: an interface with its AF_PACKET ring, or ulvs's TAP device.
 ``batches()`` yields the frames received so far, a batch at a time, in the shape
 ``Core.process_batch`` takes. The daemon decides the batch, then hands each forwarded frame to
-the egress port's ``transmit``. A batch's buffers stay valid until the generator moves on (for a
-ring: until the block is given back to the kernel).
+the egress port's ``transmit``, then ``flush``es the ports.  A batch's buffers stay valid until
+the generator moves on (for a ring: until the block is given back to the kernel).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ class Port(Protocol):
 
     def transmit(self, buf: Any, vnet_off: int, off: int, length: int) -> None:
         """Send a frame (with the virtio_net_hdr in front of it at ``vnet_off``)."""
+
+    def flush(self) -> None:
+        """Send what ``transmit`` queued (a backend may queue frames until a batch ends)."""
 
     def send_frame(self, frame: bytes) -> None:
         """Send a frame the daemon built (no offloads)."""

@@ -107,6 +107,9 @@ class TapPort:
         except OSError:
             pass  # the kernel refused or the queue is full: the frame is lost, as on a wire
 
+    def flush(self) -> None:
+        pass  # every frame is written at once
+
     def send_frame(self, frame: bytes) -> None:
         self.transmit(bytes(VNET_LEN) + frame, 0, VNET_LEN, len(frame))
 

@@ -99,6 +99,7 @@ class Options:
     workers: int = 1
     gro: bool = True
     rx_ring: str = "v3"                 # afpacket receive layout (ulvs.io.afpacket.RING_MODES)
+    tx_ring: int = 4096                 # afpacket transmit ring slots (0: a send() per frame)
     control_group: str | None = None   # group admitted to the control socket (mode 0660)
 
 
@@ -211,7 +212,7 @@ class Daemon:
         addrs = _interface_addrs()
         for name in names:
             try:
-                ring = PacketRing(name, RingConfig(mode=self.opts.rx_ring))
+                ring = PacketRing(name, RingConfig(mode=self.opts.rx_ring, tx_slot_count=self.opts.tx_ring))
             except RingError as e:
                 raise DaemonError(f"cannot attach to {name}: {e.strerror or e}") from None
             except PermissionError:
@@ -252,7 +253,8 @@ class Daemon:
         # same order (member k of each group is worker k; see ulvs.io.afpacket).
         self.links = []
         for i in range(self.opts.workers):
-            link = WorkerLink(i, sorted(names), base, self.opts.conn_limit, self.opts.rx_ring)
+            link = WorkerLink(i, sorted(names), base, self.opts.conn_limit, self.opts.rx_ring,
+                              self.opts.tx_ring)
             self.links.append(link)
             for p in self.ports.values():
                 a = addrs.get(p.ifname)
@@ -474,6 +476,8 @@ class Daemon:
                             self._answer_vip_arp(port, arp)
                     # Anything else passed on a ring is already the kernel's; on the TAP it
                     # was routed to us and is not ours: it ends here.
+            for out in ports.values():
+                out.flush()
         if core.emitted:
             for frame, eg in core.emitted:
                 out = ports.get(eg)
@@ -680,6 +684,7 @@ class Daemon:
             "uptime": round(time.monotonic() - self._started, 3), "backend": self.opts.backend,
             "workers": self.opts.workers, "worker_pids": [link.proc.pid for link in self.links],
             "interfaces": sorted(p.ifname for p in self.ports.values()),
+            "ports": {p.ifname: p.counters() for p in self.ports.values() if hasattr(p, "counters")},
             "control_socket": str(path), "control_socket_mode": mode,
             "control_group": self._group.name if self._group is not None else None,
             "conn_limit": self.opts.conn_limit,

@@ -32,11 +32,11 @@ class WorkerLink:
     """One worker process and the socket to it."""
 
     def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
-                 rx_ring: str = "v3") -> None:
+                 rx_ring: str = "v3", tx_ring: int = 4096) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [sys.executable, "-m", "ulvs.runtime.worker", "--control-fd", str(child.fileno()),
                 "--index", str(index), "--group-base", str(group_base), "--conn-limit", str(conn_limit),
-                "--rx-ring", rx_ring]
+                "--rx-ring", rx_ring, "--tx-ring", str(tx_ring)]
         for name in interfaces:
             argv += ["--interface", name]
         self.index = index
@@ -115,6 +115,9 @@ class ArpPort:
 
     def transmit(self, buf: Any, vnet_off: int, off: int, length: int) -> None:
         self.send_frame(bytes(memoryview(buf)[off:off + length]))
+
+    def flush(self) -> None:
+        pass  # every frame is written at once
 
     def send_frame(self, frame: bytes) -> None:
         try:

@@ -38,14 +38,15 @@ def fanout_group(base: int, ifindex: int) -> int:
 
 class Worker:
     def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
-                 rx_ring: str = "v3") -> None:
+                 rx_ring: str = "v3", tx_ring: int = 4096) -> None:
         self.index = index
         self.core = Core(conn_limit=conn_limit)
         self.estimator = RateEstimator()
         self.ports: dict[int, PacketRing] = {}
         for name in interfaces:
             ifindex = socket.if_nametoindex(name)
-            ring = PacketRing(name, RingConfig(mode=rx_ring), fanout_group=fanout_group(group_base, ifindex))
+            ring = PacketRing(name, RingConfig(mode=rx_ring, tx_slot_count=tx_ring),
+                              fanout_group=fanout_group(group_base, ifindex))
             self.ports[ring.ifindex] = ring
         self._timer: asyncio.TimerHandle | None = None
 
@@ -92,6 +93,8 @@ class Worker:
                     out = ports.get(egress[j])
                     if out is not None:
                         out.transmit(bufs[j], vnet[j], offs[j], lens[j])
+            for out in ports.values():
+                out.flush()
         if core.emitted:
             for frame, eg in core.emitted:
                 out = ports.get(eg)
@@ -163,11 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conn-limit", type=int, required=True)
     ap.add_argument("--interface", action="append", default=[])
     ap.add_argument("--rx-ring", choices=RING_MODES, default="v3")
+    ap.add_argument("--tx-ring", type=int, default=4096)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s ulvs-worker{args.index}[%(process)d] %(levelname)s %(message)s")
     control = socket.socket(fileno=args.control_fd)
-    worker = Worker(args.index, args.interface, args.group_base, args.conn_limit, args.rx_ring)
+    worker = Worker(args.index, args.interface, args.group_base, args.conn_limit, args.rx_ring, args.tx_ring)
     try:
         try:
             import uvloop
