@@ -7,7 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ulvs-installed
 # command -> Debian package providing it
-SYS_TOOLS := ip:iproute2 nft:nftables ethtool:ethtool ping:iputils-ping tcpdump:tcpdump curl:curl gcc:gcc wrk:wrk nginx:nginx haproxy:haproxy iperf3:iperf3 trafgen:netsniff-ng
+SYS_TOOLS := ip:iproute2 nft:nftables ethtool:ethtool ping:iputils-ping tcpdump:tcpdump curl:curl gcc:gcc wrk:wrk nginx:nginx haproxy:haproxy iperf3:iperf3 trafgen:netsniff-ng keepalived:keepalived
+# least privilege, systemd and Docker packaging tests: setpriv, setcap, systemd-analyze verify, dash
+SYS_TOOLS += setpriv:util-linux setcap:libcap2-bin systemd-analyze:systemd dash:dash
 
 .PHONY: demo test lint typecheck bench sysdeps venv clean
 

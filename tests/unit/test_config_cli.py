@@ -44,11 +44,20 @@ def test_check_config_of_the_example_is_valid_with_warnings_naming_lines(
     code, out, err = run(["check-config", str(EXAMPLE)], capsys)
     assert code == 0
     assert out == f"{EXAMPLE}: configuration OK: 3 service(s), 7 dest(s), 2 VRRP instance(s)\n"
-    lines = err.splitlines()
-    assert lines and all(line.startswith(f"{EXAMPLE}") and ": warning: " in line for line in lines)
-    first = EXAMPLE.read_text().splitlines().index("[[vrrp.instance]]") + 1
-    assert f"{EXAMPLE}:{first}: vrrp.instance[0]: warning: VRRP" in err
-    assert "health checks" not in err          # they run (in the health monitor)
+    assert err == ""          # health checks, VRRP and sync all run: nothing inert
+
+
+def test_check_config_warns_of_unauthenticated_sync(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "u.toml"
+    cfg.write_text('[sync]\ninterface = "eth1"\n')
+    code, out, err = run(["check-config", str(cfg)], capsys)
+    assert code == 0
+    assert err.splitlines() == [
+        f"{cfg}: sync: warning: connection sync without VRRP instances: nothing makes this director "
+        "master, so it only receives connections",
+        f"{cfg}: sync: warning: connection sync is not authenticated (no key or key_file): any host on "
+        "the sync link can inject connections, as with IPVS"]
 
 
 def test_check_config_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -825,7 +825,10 @@ track_interface {
 notify_master "/bin/notify.sh master"
 notify_backup /bin/notify.sh backup
 notify_fault "/bin/notify.sh fault"
-garp_master_delay 10""")
+garp_master_delay 10
+garp_master_repeat 3
+lower_prio_no_advert
+higher_prio_send_advert true""")
     assert inst == VrrpInstance(
         "VI_1", "eth0", 51, priority=200, advert_int=2.0, state="MASTER", version=3, preempt=False,
         preempt_delay=30.0,
@@ -834,7 +837,8 @@ garp_master_delay 10""")
         unicast_src_ip=A("10.0.0.2"), unicast_peers=(A("10.0.0.3"), A("10.0.0.4")),
         track_interfaces=("eth1", "eth2"), notify_master=("/bin/notify.sh", "master"),
         notify_backup=("/bin/notify.sh", "backup"), notify_fault=("/bin/notify.sh", "fault"),
-        garp_master_delay=10.0)
+        garp_master_delay=10.0, garp_master_repeat=3, lower_prio_no_advert=True,
+        higher_prio_send_advert=True)
     assert inst.where == Where("k.conf", 1, "vrrp_instance")
 
 
@@ -843,6 +847,8 @@ def test_vrrp_defaults_follow_keepalived() -> None:
     assert (inst.priority, inst.advert_int, inst.state, inst.version, inst.preempt) == (
         100, 1.0, "BACKUP", 2, True)
     assert inst.garp_master_delay == 5.0
+    assert (inst.garp_master_repeat, inst.min_garp, inst.lower_prio_no_advert,
+            inst.higher_prio_send_advert) == (5, False, False, False)
 
 
 def test_vrrp_global_defaults() -> None:

@@ -54,7 +54,7 @@ def test_the_example_config_parses_into_the_model() -> None:
     assert config.router_id == "lvs1"
     assert config.daemon == DaemonSettings(interfaces=("eth0", "eth1"), control_group="ulvs")
     assert config.timeouts == Timeouts()
-    assert config.metrics.listen == "127.0.0.1:9177"
+    assert config.metrics.listen == "127.0.0.1:9595"
     assert config.sync is not None and (config.sync.interface, config.sync.instance) == ("eth1", "VI_1")
     web, dns, shop = config.services
     assert web.name == "web" and web.config == ServiceConfig(Proto.TCP, A("10.77.1.100"), 80)

@@ -221,16 +221,31 @@ def test_socket_from_environment_and_missing_daemon(daemon: Daemon, tmp_path: Pa
 
 def test_commands_without_the_daemon() -> None:
     out, err = io.StringIO(), io.StringIO()
-    assert ulvsadm.main(["--socket", "/nonexistent", "-L", "--daemon"], stdout=out, stderr=err) == 0
-    assert (out.getvalue(), err.getvalue()) == ("", "")
+    assert ulvsadm.main(["--socket", "/nonexistent", "-L", "--daemon"], stdout=out, stderr=err) == 1
+    assert out.getvalue() == "" and "cannot connect to ulvs daemon at /nonexistent" in err.getvalue()
     assert ulvsadm.main(["--start-daemon", "master"], stdout=out, stderr=err) == 2
-    assert "not supported" in err.getvalue()
+    assert "runs connection sync from its configuration" in err.getvalue()
     out = io.StringIO()
     assert ulvsadm.main(["-h"], stdout=out, stderr=err) == 0
     assert "Usage:\n  ulvsadm -A|E virtual-service" in out.getvalue()
     out = io.StringIO()
     assert ulvsadm.main(["-v"], stdout=out, stderr=err) == 0
     assert out.getvalue().startswith("ulvsadm v")
+
+
+def test_daemon_view_lines() -> None:
+    assert ulvsadm.daemon_lines(None, None) == ""          # neither runs: nothing, as ipvsadm
+    sync = {"role": "master", "interface": "eth1", "syncid": 7, "destinations": ["224.0.0.81:8848"],
+            "ready": True, "lag_seconds": None, "records_sent": 12, "records_applied": 0,
+            "lost_messages": 1, "authenticated": True}
+    vrrp = [{"iname": "VI_1", "vrid": 51, "intf": "eth0", "state": 2, "state_name": "MASTER",
+             "priority": 150, "address": "10.0.0.1"}]
+    assert ulvsadm.daemon_lines(sync, vrrp).splitlines() == [
+        "master sync daemon (mcast=eth1, syncid=7, dest=224.0.0.81:8848)",
+        "  sync: ready, lag - , sent 12, applied 0, lost messages 1, authenticated yes".replace("- ,", "-,"),
+        "VRRP VI_1 vrid 51 on eth0: MASTER (priority 150, address 10.0.0.1)"]
+    lines = ulvsadm.daemon_lines(dict(sync, role="backup", lag_seconds=0.25, ready=False), None)
+    assert lines.splitlines()[1].startswith("  sync: bulk resync pending, lag 0.250 s,")
 
 
 def test_console_script(daemon: Daemon) -> None:

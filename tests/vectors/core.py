@@ -32,6 +32,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Packet, Padding, Raw
 
 from ulvs.core import ConnInfo, Core, DestConfig, DropReason, FwdMethod, Proto, ServiceConfig, Verdict
+from ulvs.sync.proto import ConnRecord
 
 # ---------------------------------------------------------------------------------------------
 # The lab
@@ -794,6 +795,19 @@ def _cases() -> list[Case]:
          u.c2s(10.0, "UDP", load=QUERY),
          u.s2c(10.5, "UDP", load=ANSWER, fast=True),
          u.c2s(310.0, "UDP", load=QUERY, fast=True, note="299.5 s after the answer"))
+
+    f = nat_flow(C4, 46501)
+    synced = ConnRecord(proto=6, fwd=0, state=1, caddr=IPv4Address(C4).packed, cport=46501,
+                        vaddr=IPv4Address(VIP).packed, vport=80, daddr=IPv4Address(RS1).packed, dport=8080,
+                        fwmark=0, timeout=900)
+    case("a NAT connection synced from the peer director: replies are dropped (sync_unlearned) until "
+         "the client's first packet shows the way back", "lab",
+         f.s_drop(0.0, DropReason.SYNC_UNLEARNED, "ESTABLISHED", flags="PA", seq=5001, ack=1001, load=OK,
+                  ctl=(Ctl("apply_sync", ((synced,), 0.0)),)),
+         f.c2s(0.1, "ESTABLISHED", flags="PA", seq=1001, ack=5001, load=GET,
+               note="the slow path learns the client's interface and MACs"),
+         f.s2c(0.2, "ESTABLISHED", flags="PA", seq=5001, ack=1001 + len(GET), load=OK, fast=True),
+         f.c2s(0.3, "ESTABLISHED", flags="A", seq=1001 + len(GET), ack=5001 + len(OK), fast=True))
 
     return cases
 

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 from ulvs import __version__
 from ulvs.cli import render
@@ -138,8 +138,8 @@ def usage() -> str:
         "  --list            -L|-l     list the table\n"
         "  --zero            -Z        zero counters in a service or all services\n"
         "  --set tcp tcpfin udp        set connection timeout values\n"
-        "  --start-daemon              start connection sync daemon (not supported yet)\n"
-        "  --stop-daemon               stop connection sync daemon (not supported yet)\n"
+        "  --start-daemon              (ulvs: sync runs from the configuration's [sync])\n"
+        "  --stop-daemon               (ulvs: sync runs from the configuration's [sync])\n"
         "  --help            -h        display this help message\n\n"
         "virtual-service:\n"
         "  --tcp-service|-t  service-address   service-address is addr[:port] (numeric IPv4)\n"
@@ -195,6 +195,28 @@ class _Rejected(Exception):
     pass
 
 
+def daemon_lines(sync: Any, vrrp: Any) -> str:
+    """``ipvsadm -L --daemon``: the sync daemon line ipvsadm prints (``master sync daemon
+    (mcast=IF, syncid=N)``, or ``backup ...``), then ulvs's own lines: the sync lag and counters,
+    and one line per VRRP instance.  Nothing at all when neither runs, as ipvsadm."""
+    out = []
+    if isinstance(sync, dict):
+        dest = ", ".join(sync.get("destinations", []))
+        out.append(f"{sync.get('role', '?')} sync daemon (mcast={sync.get('interface')}, "
+                   f"syncid={sync.get('syncid')}, dest={dest})")
+        lag = sync.get("lag_seconds")
+        out.append(f"  sync: {'ready' if sync.get('ready') else 'bulk resync pending'}, "
+                   f"lag {'-' if lag is None else f'{lag:.3f} s'}, sent {sync.get('records_sent', 0)}, "
+                   f"applied {sync.get('records_applied', 0)}, lost messages {sync.get('lost_messages', 0)}, "
+                   f"authenticated {'yes' if sync.get('authenticated') else 'no'}")
+    for i in vrrp or []:
+        if isinstance(i, dict):
+            out.append(f"VRRP {i.get('iname')} vrid {i.get('vrid')} on {i.get('intf')}: "
+                       f"{i.get('state_name', i.get('state'))} (priority {i.get('priority')}, "
+                       f"address {i.get('address')})")
+    return "".join(line + "\n" for line in out)
+
+
 def run(inv: Invocation, client: ControlClient, stdin: IO[str], stdout: IO[str]) -> None:
     """Carry out a parsed invocation.  Raises ControlError, _Rejected or UsageError."""
     if inv.command == "restore":
@@ -208,6 +230,10 @@ def run(inv: Invocation, client: ControlClient, stdin: IO[str], stdout: IO[str])
             if isinstance(index, int) and 0 <= index < len(numbered) and isinstance(sub, dict):
                 raise _Rejected(f"line {numbered[index][0]}: {sub.get('error')} (nothing was restored)")
             raise _Rejected(f"{reply.get('error')} (nothing was restored)")
+        return
+    if inv.command == "list" and inv.view == "daemon":
+        st = _checked(client.request({"cmd": "status"}))["status"]
+        stdout.write(daemon_lines(st.get("sync"), st.get("vrrp")))
         return
     if inv.command == "list" and inv.view == "timeout":
         t = _checked(client.request({"cmd": "get_timeouts"}))["timeouts"]
@@ -252,9 +278,8 @@ def main(argv: Sequence[str] | None = None, *, stdin: IO[str] | None = None,
             out.write(version())
             return 0
         if inv.command in ("start-daemon", "stop-daemon"):
-            raise UsageError(f"--{inv.command}: connection sync daemons are not supported by ulvs yet")
-        if inv.command == "list" and inv.view == "daemon":
-            return 0                               # no sync daemon runs: ipvsadm prints nothing
+            raise UsageError(f"--{inv.command}: ulvs runs connection sync from its configuration "
+                             "([sync] or keepalived's lvs_sync_daemon); it is not started by hand")
         run(inv, ControlClient(_socket_path(inv)), stdin or sys.stdin, out)
     except UsageError as e:
         err.write(f"{e}\n")

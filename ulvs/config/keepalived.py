@@ -1066,6 +1066,9 @@ class _Vrrp:
     notify_backup: Argv | None = None
     notify_fault: Argv | None = None
     garp_master_delay: float | None = None
+    garp_master_repeat: int | None = None
+    lower_prio_no_advert: bool | None = None
+    higher_prio_send_advert: bool | None = None
     sync_interface: tuple[str, Where] | None = None
 
 
@@ -1154,6 +1157,9 @@ VRRP_KEYWORDS: dict[str, _VrrpHandler] = {
     "notify_backup": _setter("notify_backup", _argv),
     "notify_fault": _setter("notify_fault", _argv),
     "garp_master_delay": _setter("garp_master_delay", lambda s: float(_seconds(s))),
+    "garp_master_repeat": _setter("garp_master_repeat", lambda s: _int(s, 1, 255)),
+    "lower_prio_no_advert": _setter("lower_prio_no_advert", lambda s: _flag(s)),
+    "higher_prio_send_advert": _setter("higher_prio_send_advert", lambda s: _flag(s)),
     "lvs_sync_daemon_interface": _lvs_sync_interface,
 }
 VRRP_BLOCKS: dict[str, _VrrpHandler] = {
@@ -1165,9 +1171,9 @@ VRRP_UNSUPPORTED = frozenset({
     "virtual_ipaddress_excluded", "virtual_routes", "virtual_rules", "track_script", "track_process",
     "track_file", "track_bfd", "authentication", "auth_hmac", "accept", "no_accept", "use_vmac",
     "vmac_xmit_base", "native_ipv6", "dont_track_primary", "mcast_src_ip", "unicast_ttl",
-    "check_unicast_src", "garp_master_repeat", "garp_master_refresh", "garp_master_refresh_repeat",
+    "check_unicast_src", "garp_master_refresh", "garp_master_refresh_repeat",
     "garp_lower_prio_delay", "garp_lower_prio_repeat", "garp_interval", "gna_interval",
-    "lower_prio_no_advert", "higher_prio_send_advert", "down_timer_adverts", "notify_stop", "notify",
+    "down_timer_adverts", "notify_stop", "notify",
     "notify_master_rx_lower_pri", "notify_priority_changes", "smtp_alert", "debug", "strict_mode",
     "skip_check_adv_addr", "kernel_rx_buf_size", "unicast_fault_no_peer", "old_unicast_checksum",
     "linkbeat_use_polling", "promote_secondaries", "track_src_ip",
@@ -1206,12 +1212,20 @@ def build_vrrp(v: _Vrrp, defaults: _Globals, ctx: _Ctx) -> VrrpInstance:
         ctx.warn(v.preempt_where, f"vrrp_instance {v.name}: nopreempt/preempt_delay only work with "
                                   "state BACKUP")
     garp = v.garp_master_delay if v.garp_master_delay is not None else defaults.garp_master_delay
+    repeat = v.garp_master_repeat if v.garp_master_repeat is not None else defaults.garp_master_repeat
+    no_advert = (v.lower_prio_no_advert if v.lower_prio_no_advert is not None
+                 else defaults.lower_prio_no_advert)
+    # keepalived's default for higher_prio_send_advert is off (ulvs's native default is on)
+    send_advert = bool(v.higher_prio_send_advert) or defaults.higher_prio_send_advert
     return VrrpInstance(v.name, v.interface, v.vrid, priority=v.priority, advert_int=v.advert_int,
                         state=v.state, version=version, preempt=v.preempt, preempt_delay=v.preempt_delay,
                         virtual_addresses=tuple(v.addresses), unicast_src_ip=v.unicast_src_ip,
                         unicast_peers=tuple(v.peers), track_interfaces=tuple(v.track),
                         notify_master=v.notify_master, notify_backup=v.notify_backup,
-                        notify_fault=v.notify_fault, garp_master_delay=garp, where=v.where)
+                        notify_fault=v.notify_fault, garp_master_delay=garp, garp_master_repeat=repeat,
+                        min_garp=defaults.min_garp, lower_prio_no_advert=no_advert,
+                        higher_prio_send_advert=send_advert,
+                        where=v.where)
 
 
 SYNC_GROUP_UNSUPPORTED = frozenset({"notify_master", "notify_backup", "notify_fault", "notify_stop",
@@ -1254,6 +1268,10 @@ class _Globals:
     sync: tuple[Stmt, str, str | None, int | None, int, ipaddress.IPv4Address] | None = None
     vrrp_version: int = VRRP_DEFAULT_VERSION
     garp_master_delay: float = 5.0
+    garp_master_repeat: int = 5
+    min_garp: bool = False
+    lower_prio_no_advert: bool = False
+    higher_prio_send_advert: bool = False
     timeouts: Timeouts = Timeouts()
 
 
@@ -1313,6 +1331,10 @@ GLOBAL_KEYWORDS: dict[str, _GlobalHandler] = {
     "lvs_timeouts": _lvs_timeouts,
     "vrrp_version": _setter("vrrp_version", lambda s: _int(s, 2, 3)),
     "vrrp_garp_master_delay": _setter("garp_master_delay", lambda s: float(_seconds(s))),
+    "vrrp_garp_master_repeat": _setter("garp_master_repeat", lambda s: _int(s, 1, 255)),
+    "vrrp_min_garp": _setter("min_garp", lambda s: _flag(s)),
+    "vrrp_lower_prio_no_advert": _setter("lower_prio_no_advert", lambda s: _flag(s)),
+    "vrrp_higher_prio_send_advert": _setter("higher_prio_send_advert", lambda s: _flag(s)),
 }
 # Known keepalived global_defs keywords that ulvs accepts and does not act on.
 GLOBAL_UNUSED = frozenset({
@@ -1320,10 +1342,10 @@ GLOBAL_UNUSED = frozenset({
     "smtp_connect_timeout", "smtp_alert", "smtp_alert_vrrp", "smtp_alert_checker", "email_faults",
     "enable_traps", "enable_snmp_vrrp", "enable_snmp_checker", "enable_snmp_rfc", "enable_snmp_rfcv2",
     "enable_snmp_rfcv3", "snmp_socket", "enable_dbus", "script_user", "enable_script_security",
-    "vrrp_mcast_group4", "vrrp_mcast_group6", "vrrp_garp_master_repeat", "vrrp_garp_master_refresh",
+    "vrrp_mcast_group4", "vrrp_mcast_group6", "vrrp_garp_master_refresh",
     "vrrp_garp_master_refresh_repeat", "vrrp_garp_lower_prio_delay", "vrrp_garp_lower_prio_repeat",
-    "vrrp_garp_interval", "vrrp_gna_interval", "vrrp_lower_prio_no_advert",
-    "vrrp_higher_prio_send_advert", "vrrp_min_garp", "vrrp_strict", "vrrp_iptables", "vrrp_ipsets",
+    "vrrp_garp_interval", "vrrp_gna_interval",
+    "vrrp_strict", "vrrp_iptables", "vrrp_ipsets",
     "vrrp_nftables", "vrrp_check_unicast_src", "vrrp_skip_check_adv_addr", "vrrp_priority",
     "checker_priority", "bfd_priority", "vrrp_no_swap", "checker_no_swap", "vrrp_rt_priority",
     "checker_rt_priority", "dynamic_interfaces", "max_auto_priority", "min_auto_priority_delay",

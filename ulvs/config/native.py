@@ -6,7 +6,7 @@ Layout (``docs/examples/ulvs.toml`` shows every key)::
   include = ["services.d/*.toml"]          # optional: more [[service]] / [vrrp] files
   [daemon]    interfaces backend workers conn_limit gro control_socket control_group
   [timeouts]  tcp tcpfin udp
-  [metrics]   listen = "127.0.0.1:9177"
+  [metrics]   listen = "127.0.0.1:9595"   (or "off")
   [sync]      interface instance syncid port group
   [[service]] name protocol ("tcp" | "udp" | "group") vip port | fwmark members,
               scheduler flags persistence_timeout persistence_netmask ops forwarding
@@ -95,7 +95,7 @@ DAEMON_KEYS = frozenset({"interfaces", "backend", "workers", "conn_limit", "gro"
                          "control_group"})
 TIMEOUT_KEYS = frozenset({"tcp", "tcpfin", "udp"})
 METRICS_KEYS = frozenset({"listen"})
-SYNC_KEYS = frozenset({"interface", "instance", "syncid", "port", "group"})
+SYNC_KEYS = frozenset({"interface", "instance", "syncid", "port", "group", "peers", "key", "key_file"})
 SERVICE_KEYS = frozenset({
     "name", "protocol", "vip", "port", "scheduler", "flags", "persistence_timeout",
     "persistence_netmask", "ops", "fwmark", "members", "forwarding", "delay_loop", "sorry_server",
@@ -109,7 +109,8 @@ VRRP_KEYS = frozenset({"instance", "sync_group"})
 INSTANCE_KEYS = frozenset({
     "name", "interface", "vrid", "priority", "advert_int", "state", "version", "preempt",
     "preempt_delay", "virtual_addresses", "unicast_src_ip", "unicast_peers", "track_interfaces",
-    "notify_master", "notify_backup", "notify_fault", "garp_master_delay",
+    "notify_master", "notify_backup", "notify_fault", "garp_master_delay", "garp_master_repeat",
+    "min_garp", "lower_prio_no_advert", "higher_prio_send_advert", "checksum_as_v2", "auth_key",
 })
 SYNC_GROUP_KEYS = frozenset({"name", "members"})
 
@@ -378,6 +379,8 @@ def _timeouts(t: _Table) -> Timeouts:
 
 
 def _metrics(t: _Table) -> MetricsSettings:
+    if t.data.get("listen") == "off":
+        return MetricsSettings(listen="off")
     listen = t.endpoint("listen", lo_port=1)
     return MetricsSettings(listen=None if listen is None else t.data["listen"])
 
@@ -702,6 +705,12 @@ def _instance(t: _Table) -> VrrpInstance:
         notify_master=t.argv("notify_master"), notify_backup=t.argv("notify_backup"),
         notify_fault=t.argv("notify_fault"),
         garp_master_delay=t.number("garp_master_delay", d.garp_master_delay, 0, 3600),
+        garp_master_repeat=t.integer("garp_master_repeat", d.garp_master_repeat, 1, 255),
+        min_garp=t.boolean("min_garp", d.min_garp),
+        lower_prio_no_advert=t.boolean("lower_prio_no_advert", d.lower_prio_no_advert),
+        higher_prio_send_advert=t.boolean("higher_prio_send_advert", d.higher_prio_send_advert),
+        checksum_as_v2=t.boolean("checksum_as_v2", d.checksum_as_v2),
+        auth_key=t.string("auth_key", None),
         where=t.where())
 
 
@@ -763,10 +772,14 @@ def _sync(t: _Table, vrrp: _Vrrp) -> SyncSettings:
     group = t.address("group", d.group)
     if not group.is_multicast:
         raise t.error("group", f"{group} is not a multicast address (224.0.0.0/4)")
+    key = t.string("key", None)
+    key_file = t.string("key_file", None)
+    if key is not None and key_file is not None:
+        raise t.error("key_file", "give key or key_file, not both")
     return SyncSettings(interface=t.ifname("interface"), instance=instance,
                         syncid=t.integer("syncid", d.syncid, 0, 255),
                         port=t.integer("port", d.port, 1, 65535),
-                        group=group)
+                        group=group, peers=_addresses(t, "peers"), key=key, key_file=key_file)
 
 
 # -- the whole file -------------------------------------------------------------------------------

@@ -93,8 +93,8 @@ def _metrics(m: MetricsSettings) -> list[str]:
 def _sync(s: SyncSettings | None) -> list[str]:
     if s is None:
         return []
-    return _table("sync", [("interface", s.interface)] + _changed(s, SyncSettings(s.interface),
-                                                                   ("instance", "syncid", "port", "group")))
+    keys = ("instance", "syncid", "port", "group", "peers", "key", "key_file")
+    return _table("sync", [("interface", s.interface)] + _changed(s, SyncSettings(s.interface), keys))
 
 
 def _check(header: str, c: CheckSpec) -> list[str]:
@@ -178,7 +178,8 @@ def _instance(inst: VrrpInstance) -> list[str]:
     for name, v in _changed(inst, _DEFAULT_INSTANCE, (
             "priority", "advert_int", "state", "version", "preempt", "preempt_delay", "virtual_addresses",
             "unicast_src_ip", "unicast_peers", "track_interfaces", "notify_master", "notify_backup",
-            "notify_fault", "garp_master_delay")):
+            "notify_fault", "garp_master_delay", "garp_master_repeat", "min_garp", "lower_prio_no_advert",
+            "higher_prio_send_advert", "checksum_as_v2", "auth_key")):
         if name == "virtual_addresses":
             v = [f"{a.address}" + (f" dev {a.dev}" if a.dev else "") for a in v]
         pairs.append((name, v))

@@ -229,6 +229,12 @@ class VrrpInstance:
     notify_backup: Argv | None = None
     notify_fault: Argv | None = None
     garp_master_delay: float = 5.0
+    garp_master_repeat: int = 5             # gratuitous ARPs per burst on becoming master
+    min_garp: bool = False                  # keepalived vrrp_min_garp: one GARP, no second burst
+    lower_prio_no_advert: bool = False      # RFC 5798: ignore lower-priority adverts (no re-assertion)
+    higher_prio_send_advert: bool = True    # advert once before yielding, so the winner re-GARPs
+    checksum_as_v2: bool = False            # v3 checksum without the pseudo-header (RFC 9568 style)
+    auth_key: str | None = field(default=None, repr=False)  # ulvs pairs only: HMAC trailer on adverts
     where: Where | None = field(default=None, compare=False)
 
 
@@ -248,6 +254,9 @@ class SyncSettings:
     syncid: int = 0
     port: int = 8848
     group: ipaddress.IPv4Address = ipaddress.IPv4Address("224.0.0.81")
+    peers: tuple[ipaddress.IPv4Address, ...] = ()   # unicast instead of the multicast group
+    key: str | None = field(default=None, repr=False)  # HMAC-SHA256 key; None: unauthenticated
+    key_file: str | None = None             # or the key's file (first line), relative to the config
 
 
 # -- daemon -----------------------------------------------------------------------------------
@@ -275,9 +284,34 @@ class Timeouts:
     udp: int = 300
 
 
+# The Prometheus exporter's address when neither [metrics] listen nor ulvs run --metrics-listen says.
+METRICS_LISTEN = "127.0.0.1:9595"
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
-    listen: str | None = None               # "127.0.0.1:9177"; None = no exporter
+    listen: str | None = None               # HOST:PORT, or "off" (no exporter); None = METRICS_LISTEN
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """A metrics listen address, ``HOST:PORT`` with an IPv4 address or a bracketed IPv6 one
+    (``[::1]:9595``), as (host, port); None for ``off``.  Raises ValueError naming the problem."""
+    if text == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        family: type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address] = ipaddress.IPv6Address
+    else:
+        family = ipaddress.IPv4Address
+    try:
+        family(host)
+    except ValueError:
+        sep = ""
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9595 or [::1]:9595, port 1..65535) "
+                         "or off")
+    return host, int(port)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,8 +38,11 @@ F_DEAD = 0x40       # template unlinked (its dest became invalid); freed with it
 F_ANSWERED = 0x80   # the dest answered the connection's SYN (SYN-ACK or RST): counted once
 
 # ``last`` holds 32-bit ticks of 1/16 s since the table's epoch (its first ``now``): 4 bytes per
-# connection instead of 8, 62.5 ms resolution, 8.5 years of range.
+# connection instead of 8, 62.5 ms resolution, 8.5 years of range.  The epoch lies EPOCH_LEAD
+# seconds before the first ``now``, so a slot can be dated back (a connection synced from the
+# peer director arrives with part of its timeout used up: ulvs.sync).
 TICKS_PER_SECOND = 16
+EPOCH_LEAD = 86400.0
 # Eviction candidates are remembered in a bounded FIFO; the newest are kept.
 EVICTABLE_QUEUE = 65536
 
@@ -106,7 +109,7 @@ class ConnTable:
     def ticks(self, now: float) -> int:
         """``now`` as a ``last`` stamp (rounded up, so nothing expires early)."""
         if self.epoch is None:
-            self.epoch = now
+            self.epoch = now - EPOCH_LEAD
         return -int((self.epoch - now) * TICKS_PER_SECOND // 1)
 
     def seen(self, slot: int) -> float:
@@ -126,7 +129,7 @@ class ConnTable:
         self.flags[slot] = flags | (F_UDP if proto == UDP else 0)
         epoch = self.epoch
         if epoch is None:
-            epoch = self.epoch = now
+            epoch = self.epoch = now - EPOCH_LEAD
         self.last[slot] = -int((epoch - now) * TICKS_PER_SECOND // 1)
         return slot
 

@@ -31,6 +31,7 @@ class DropReason(IntEnum):
     DEST_GONE = 12          # the connection's dest was removed (expire_nodest_conn = 0)
     NEIGH_UNRESOLVED = 13   # next-hop MAC for the dest not known yet
     TUNNEL_UNSUPPORTED = 14  # forwarding method not available in this dataplane
+    SYNC_UNLEARNED = 15     # reply of a synced NAT conn before its client's return path is known
 
     @property
     def label(self) -> str:

@@ -32,6 +32,10 @@ service policy (``ulvs.health.policy.ServiceHealth``, one per service):
   and returns once the back-off is over and its checkers pass;
 * ``notify_up``/``notify_down``/``quorum_up``/``quorum_down`` run as argument vectors (never a
   shell) in a session of their own, killed with their process group after ``SCRIPT_TIMEOUT``;
+* it times every probe it runs and reports the durations and outcomes per checker kind
+  (``ulvs.health.stats.ProbeStats``; the control command ``probe_stats``, at most every
+  ``STATS_INTERVAL``, on a connection of its own) for the daemon's status and its Prometheus
+  exporter;
 * SIGHUP reloads the configuration and migrates the health state (``policy.migrate``), so
   unchanged dests keep theirs and run no script; SIGTERM (or SIGINT) exits cleanly.  It also
   exits when the daemon, its parent, goes away (``PR_SET_PDEATHSIG``).
@@ -71,6 +75,7 @@ from ulvs.health import policy as pol
 from ulvs.health import state as st
 from ulvs.health.base import DEFAULT_DELAY_LOOP, Checker, CheckerError, Result, Target, create
 from ulvs.health.checkers._io import kill_group
+from ulvs.health.stats import ProbeStats
 from ulvs.runtime.configfile import load
 
 log = logging.getLogger("ulvs.health")
@@ -79,6 +84,7 @@ SCRIPT_TIMEOUT = 30.0       # s a notify or quorum script may run before its gro
 REQUEST_TIMEOUT = 10.0      # s for one control request and its reply
 TRAFFIC_INTERVAL = 1.0      # s between two reads of the dests' SYN counters (passive ejection)
 RECONNECT_DELAY = 0.5       # s between attempts to reach the control socket
+STATS_INTERVAL = 1.0        # s between two reports of the probe statistics (when they moved)
 PROTOCOL_VERSION = 1
 PR_SET_PDEATHSIG = 1
 
@@ -184,6 +190,8 @@ class Monitor:
         self.config_path, self.fmt = config_path, fmt
         self.client = ControlClient(socket)
         self.poller = ControlClient(socket)      # its own connection: traffic reads, replies used
+        self.reporter = ControlClient(socket)    # and one for the probe statistics
+        self.stats = ProbeStats()
         self.traffic: dict[tuple[ServiceKey, DestKey], tuple[int, int]] = {}   # last syns, synacks
         self.services: dict[ServiceKey, pol.ServiceHealth] = {}
         self.configs: dict[ServiceKey, VirtualService] = {}
@@ -267,19 +275,21 @@ class Monitor:
                  len(self.services), n, len(self.checkers))
         sender = asyncio.ensure_future(self._send_loop())
         poller = asyncio.ensure_future(self._traffic_loop())
+        reporter = asyncio.ensure_future(self._stats_loop())
         self.step()
         try:
             await self.stop.wait()
         finally:
             if self.timer is not None:
                 self.timer.cancel()
-            for task in [sender, poller, *self.tasks]:
+            for task in [sender, poller, reporter, *self.tasks]:
                 task.cancel()
-            for task in [sender, poller, *self.tasks]:
+            for task in [sender, poller, reporter, *self.tasks]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.client.close()
             self.poller.close()
+            self.reporter.close()
             log.info("health monitor stopping")
         return 0
 
@@ -472,6 +482,20 @@ class Monitor:
             self._events(sh)
         self._arm()
 
+    # -- probe statistics ------------------------------------------------------------------------
+    async def _stats_loop(self) -> None:
+        """Every ``STATS_INTERVAL``, when probes ran since the last report, send the whole table
+        (``probe_stats``): the daemon keeps the latest for its status."""
+        sent = 0
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            if self.stats.changes == sent:
+                continue
+            sent = self.stats.changes
+            reply = await self.reporter.request({"cmd": "probe_stats", "probes": self.stats.to_json()})
+            if not reply.get("ok"):
+                log.warning("daemon refused probe_stats: %s", reply.get("error"))
+
     # -- probes ---------------------------------------------------------------------------------
     def _probe(self, ev: pol.ProbeDue) -> None:
         checker = self._checker(ev.check.dest[0], ev.check.dest[1], ev.spec)
@@ -500,6 +524,7 @@ class Monitor:
         probe.task = self._spawn(self._run_probe(key, probe))
 
     async def _run_probe(self, key: Hashable, probe: _Probe) -> Result:
+        started = time.monotonic()
         try:
             result = await probe.checker.probe()
         except asyncio.CancelledError:
@@ -509,6 +534,7 @@ class Monitor:
             result = Result(False, f"{probe.checker.kind}: internal error: {e!r}")
         self.running.pop(key, None)
         made = time.monotonic()
+        self.stats.observe(probe.checker.kind, result.ok, made - started)
         self.recent[key] = (made, result)
         self._deliver(probe.waiters, result, made)
         return result

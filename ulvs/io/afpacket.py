@@ -209,7 +209,6 @@ class PacketRing:
                 self.txr.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
                 # Malformed frames are skipped rather than stopping the ring (PACKET_LOSS).
                 self.txr.setsockopt(SOL_PACKET, PACKET_LOSS, 1)
-                self.txr.setsockopt(SOL_PACKET, 20, 1)
                 self.txr.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
                 per_block = (1 << 20) // cfg.tx_slot_size
                 self.txr.setsockopt(SOL_PACKET, PACKET_TX_RING, _REQ.pack(

@@ -319,7 +319,9 @@ class Lab:
     ``dr`` prepares the real servers for direct routing; ``directors`` is 1 or 2; ``clients`` is
     how many client addresses (10.77.0.10 upward, at most 21) the one client namespace holds;
     ``servers`` real servers rs1..rsN; ``offloads_off`` switches off tx-checksum/TSO/GSO/GRO on
-    every veth end; ``start_servers=False`` leaves the real servers without HTTP/UDP servers.
+    every veth end; ``start_servers=False`` leaves the real servers without HTTP/UDP servers;
+    ``floating=False`` leaves the floating gateways (10.77.0.254 with two directors, 10.77.2.254)
+    unassigned, for VRRP to hold.
     """
 
     director_if_client = DIRECTOR_IF_CLIENT
@@ -347,6 +349,7 @@ class Lab:
         start_servers: bool = True,
         ipv6: bool = False,
         clean_stale: bool = True,
+        floating: bool = True,
     ) -> None:
         if directors not in (1, 2):
             raise ValueError(f"directors must be 1 or 2, got {directors}")
@@ -359,6 +362,7 @@ class Lab:
         self.start_servers = start_servers
         self.ipv6 = ipv6
         self.clean_stale = clean_stale
+        self.floating = floating
         self.directors: tuple[str, ...] = ("director", "director2")[:directors]
         self.real_servers: tuple[str, ...] = tuple(f"rs{i}" for i in range(1, servers + 1))
         self.client_addrs: tuple[str, ...] = tuple(f"10.77.0.{CLIENT_FIRST + i}" for i in range(clients))
@@ -699,7 +703,7 @@ class Lab:
                 f"addr add {DIRECTOR_CLIENT_ADDRS[i]}/24 dev {DIRECTOR_IF_CLIENT}",
                 f"addr add {DIRECTOR_SERVER_ADDRS[i]}/24 dev {DIRECTOR_IF_SERVER}",
             ]
-            if i == 0:
+            if i == 0 and self.floating:
                 cmds.append(f"addr add {NAT_GW}/24 dev {DIRECTOR_IF_SERVER}")  # secondary
                 if len(self.directors) == 2:
                     cmds.append(f"addr add {CLIENT_FLOAT_GW}/24 dev {DIRECTOR_IF_CLIENT}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ulvs.config.schema import ConfigError, DaemonSettings
+from ulvs.config.schema import METRICS_LISTEN, ConfigError, DaemonSettings, MetricsSettings, parse_listen
 from ulvs.runtime.configfile import DaemonConfig
 from ulvs.runtime.daemon import DEFAULT_SOCKET, Options, run
 
@@ -49,6 +49,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--gro", choices=("on", "keep"),
                    help="afpacket: switch GRO on for attached interfaces while running (default), or "
                         "leave their offload settings alone")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT|off",
+                   help=f"serve Prometheus metrics at http://HOST:PORT/metrics from a child process "
+                        f"(default: the configuration's [metrics] listen, else {METRICS_LISTEN}); "
+                        f"'off': no exporter")
     p.add_argument("--verbose", "-v", action="store_true", help="log every next-hop change")
 
 
@@ -92,5 +96,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"ulvs run: {e}", file=sys.stderr)
             return 2
     settings = _settings(args, config.first.daemon if config is not None else DaemonSettings())
-    opts = Options(config=path, rx_ring=args.rx_ring, tx_ring=args.tx_ring, **settings)
+    # The exporter: the command line's address, else [metrics] listen, else METRICS_LISTEN.
+    metrics = args.metrics_listen or (config.first.metrics if config else MetricsSettings()).listen
+    try:
+        listen = None if parse_listen(metrics or METRICS_LISTEN) is None else metrics or METRICS_LISTEN
+    except ValueError as e:
+        print(f"ulvs run: --metrics-listen: {e}", file=sys.stderr)
+        return 2
+    opts = Options(config=path, rx_ring=args.rx_ring, tx_ring=args.tx_ring, metrics_listen=listen, **settings)
     return run(opts, config if config is not None else _no_config)

@@ -105,6 +105,11 @@ def check_runnable(config: Config, backend: str | None = None) -> None:
     (default: the configuration's own): anything it refuses (the parsers catch nearly everything
     first; the tap backend serves masq only) is a ``ConfigError`` at the service or dest it came
     from."""
+    for inst in config.vrrp:
+        if inst.version != 3:
+            raise ConfigError(f"vrrp_instance {inst.name}: VRRP version {inst.version} is not supported "
+                              "by ulvs (allowed: 3; in keepalived.conf set global_defs { vrrp_version 3 } "
+                              "or the instance's version 3)", inst.where or Where(config.source))
     origins = [w for vs in config.services for w in (vs.where, *(rs.where for rs in vs.dests))]
     core = Core(conn_limit=1)
     if (backend or config.daemon.backend) == "tap":
@@ -119,20 +124,18 @@ def check_runnable(config: Config, backend: str | None = None) -> None:
 
 
 def inert_warnings(config: Config) -> tuple[ConfigWarning, ...]:
-    """Parts of a valid configuration that this daemon reads but does not run yet: said at
-    start and reload, so nobody believes a VRRP pair protects them.  (Health checks, sorry
-    servers and quorum run in the health monitor, ``ulvs.health.monitor``.)"""
+    """Parts of a valid configuration that do less than they seem to: said at start and reload.
+    (Health checks, sorry servers and quorum run in the health monitor, VRRP in the VRRP
+    speaker, connection sync in the daemon.)"""
     out = []
-    if config.vrrp:
-        out.append(ConfigWarning(config.vrrp[0].where or Where(config.source),
-                                 f"VRRP ({len(config.vrrp)} instance(s)) is not run by this version: "
-                                 "this director serves as if it were master"))
-    if config.sync is not None:
+    if config.sync is not None and not config.vrrp:
         out.append(ConfigWarning(Where(config.source, key="sync"),
-                                 "connection sync is not run by this version"))
-    if config.metrics.listen is not None:
-        out.append(ConfigWarning(Where(config.source, key="metrics.listen"),
-                                 "the metrics exporter is not run by this version"))
+                                 "connection sync without VRRP instances: nothing makes this director "
+                                 "master, so it only receives connections"))
+    if config.sync is not None and config.sync.key is None and config.sync.key_file is None:
+        out.append(ConfigWarning(Where(config.source, key="sync"),
+                                 "connection sync is not authenticated (no key or key_file): any host on "
+                                 "the sync link can inject connections, as with IPVS"))
     return tuple(out)
 
 

@@ -35,6 +35,9 @@ Wire shapes (``svc`` = a service key, ``SVC`` = a full service config, ``DST`` =
                          "drops": {"no_dest": .., ...}, "daemon": {...}}}   ("daemon": added by
                          the daemon: pid, version, uptime, backend, workers, interfaces, socket,
                          config file and the last reload)
+  {"cmd": "metrics"} -> {"ok": true, "metrics": <status, cut down by ``metrics_view``>}  (the
+                         daemon's own, read-only: what the Prometheus exporter reads at each
+                         scrape, added up over the workers like status)
   {"cmd": "explain", "proto": "tcp"|"udp", "caddr": .., "cport": .., "vaddr": .., "vport": ..}
                      -> {"ok": true, "explanation": <explanation_to_json>}   (changes nothing)
   {"cmd": "reload"}  -> {"ok": true, "changes": 3, "config": "/etc/ulvs/rules"}  (the daemon's
@@ -56,9 +59,12 @@ Wire shapes (``svc`` = a service key, ``SVC`` = a full service config, ``DST`` =
   {"cmd": "sorry", "service": svc, "on": true|false}  -> {"ok": true, "changes": 2}
                          (the service's configured sorry server serves, the real dests
                          withdrawn, or stops)
+  {"cmd": "probe_stats", "probes": {kind: {"buckets": [[le, n], ...], "sum", "count", "success",
+   "failure"}}}  -> {"ok": true}   (the probes' durations and outcomes per checker kind,
+                         cumulative, ``ulvs.health.stats``; the daemon keeps the latest)
   The daemon's status adds "health": {"dests": [{"service": svc, "daddr", "dport", "up",
   "weight", "detail", "since": unix time of the last up/down change}], "sorry": [svc, ...],
-  "monitor": {"pid", "running", "started", "restarts"} | null}.
+  "monitor": {"pid", "running", "started", "restarts"} | null, "probes": {...} as above}.
 
 Every other reply is {"ok": true} or {"ok": false, "error": "message"}.  Optional fields of SVC
 and DST default as in ``ServiceConfig``/``DestConfig``; ``edit_service`` of a service group may
@@ -380,6 +386,42 @@ def build_status(core: Core, now: float, *, estimator: RateEstimator | None = No
                        "states": core.state_counts()},
         "drops": core.drop_counts(),
     }
+
+
+def metrics_view(status: Mapping[str, Any]) -> JsonObj:
+    """The part of a daemon status (``build_status`` plus the daemon's sections) that the
+    Prometheus exporter reads (``ulvs.runtime.metrics``), in the same layout, so the exporter
+    reads either: per service its key and counters, per dest its address, weight and connection
+    counts; the conn table's limit and states; drops; the version and the rings' drop counters;
+    the dests' health and the probe statistics; and the optional "vrrp" and "sync" sections
+    as they are."""
+    keys = ("proto", "vaddr", "vport", "fwmark")
+    counters = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+    ring = ("rx_ring_drops", "rx_stale")
+    daemon = status.get("daemon") or {}
+    health = status.get("health") or {}
+    table = status.get("conn_table") or {}
+    out: JsonObj = {
+        "snapshot": {"services": [{
+            "service": {k: s["service"][k] for k in keys if k in s["service"]},
+            "counters": {k: s["counters"].get(k, 0) for k in counters},
+            "dests": [{"dest": {"daddr": d["dest"]["daddr"], "dport": d["dest"]["dport"]},
+                       "weight": d["weight"], "activeconns": d["activeconns"], "inactconns": d["inactconns"]}
+                      for d in s["dests"]],
+        } for s in status["snapshot"]["services"]]},
+        "conn_table": {k: table[k] for k in ("count", "limit", "states") if k in table},
+        "drops": dict(status.get("drops") or {}),
+        "daemon": {"version": daemon.get("version"),
+                   "ports": {name: {k: c[k] for k in ring if k in c}
+                             for name, c in (daemon.get("ports") or {}).items()}},
+        "health": {"dests": [{k: d[k] for k in ("service", "daddr", "dport", "up")}
+                             for d in health.get("dests") or ()],
+                   "probes": health.get("probes") or {}},
+    }
+    for optional in ("vrrp", "sync"):
+        if status.get(optional) is not None:
+            out[optional] = status[optional]
+    return out
 
 
 def explanation_to_json(e: Explanation) -> JsonObj:

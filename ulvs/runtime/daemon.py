@@ -73,9 +73,11 @@ from ulvs.runtime.pool import (
     merge_snapshots,
     merge_status,
 )
-from ulvs.runtime.supervisor import MonitorProcess
+from ulvs.runtime.sdnotify import Notifier
+from ulvs.runtime.supervisor import ExporterProcess, MonitorProcess
 
 log = logging.getLogger("ulvs")
+SYNC_HOLD = 3.0     # s a (re)joining director waits for its bulk resync before it may preempt
 
 DEFAULT_SOCKET = Path("/run/ulvs/ulvs.sock")
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
@@ -101,12 +103,40 @@ class Options:
     rx_ring: str = "v3"                 # afpacket receive layout (ulvs.io.afpacket.RING_MODES)
     tx_ring: int = 4096                 # afpacket transmit ring slots (0: a send() per frame)
     control_group: str | None = None   # group admitted to the control socket (mode 0660)
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus exporter child; None: none
 
 
 def check_privileges() -> None:
+    """The effective set (/proc/self/status CapEff) holds CAP_NET_RAW and CAP_NET_ADMIN, before
+    anything is opened; a non-root daemon also hands them on to its children (``nft``, ``ip``,
+    workers, monitor: ``ulvs.runtime.caps``)."""
     for cap, name in ((CAP_NET_RAW, "CAP_NET_RAW"), (CAP_NET_ADMIN, "CAP_NET_ADMIN")):
         if not has_capability(cap):
             raise DaemonError(f"ulvs run needs {name} (run as root or grant the capability)")
+    if os.geteuid() != 0:
+        from ulvs.runtime import caps
+
+        try:
+            raised = caps.keep_for_children()
+        except OSError as e:
+            raise DaemonError(f"ulvs run cannot pass CAP_NET_ADMIN/CAP_NET_RAW on to nft and its "
+                              f"children: {e.strerror}") from None
+        if raised:
+            log.info("capabilities made ambient for the children: %s", ", ".join(raised))
+
+
+def check_socket_dir(path: Path) -> None:
+    """The control socket's directory exists (made if need be) and this process may create the
+    socket there: a non-root daemon needs a directory of its own (systemd RuntimeDirectory=)."""
+    where = path.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DaemonError(f"cannot create {where} for the control socket: {e.strerror} (create it "
+                          f"writable by uid {os.geteuid()}, or give --control-socket)") from None
+    if not os.access(where, os.W_OK | os.X_OK, effective_ids=True):
+        raise DaemonError(f"cannot create the control socket in {where}: not writable by uid "
+                          f"{os.geteuid()} (systemd: RuntimeDirectory=ulvs; or give --control-socket)")
 
 
 def up_interfaces() -> list[str]:
@@ -161,6 +191,13 @@ class Daemon:
         self._overlay: dict[OverlayKey, DestHealth] = {}
         self._sorry: set[Any] = set()
         self._monitor: MonitorProcess | None = None
+        self._exporter: ExporterProcess | None = None
+        self._probe_stats: dict[str, Any] = {}       # the monitor's last probe_stats report
+        self._notify = Notifier.from_env()           # systemd Type=notify (no-op without it)
+        # VRRP (ulvs.runtime.vrrpd, a child of ours) and what it last reported.
+        self._vrrp: MonitorProcess | None = None
+        self._vrrp_report: dict[str, Any] | None = None
+        self.sync: Any = None               # ulvs.runtime.syncd.SyncManager when [sync] is set
 
     def _model(self) -> Config | None:
         """The configuration model behind the requests ``load_config`` last returned."""
@@ -181,6 +218,7 @@ class Daemon:
     def start(self) -> None:
         """Attach and configure; on any failure, undo what was done and raise DaemonError."""
         check_privileges()
+        check_socket_dir(self.opts.control_socket)
         if self.opts.backend not in ("afpacket", "tap"):
             raise DaemonError(f"unknown backend {self.opts.backend!r}; use afpacket or tap")
         if self.opts.control_group is not None:
@@ -194,6 +232,10 @@ class Daemon:
             raise DaemonError("no interface to attach to: none is UP (give --interface)")
         if self.opts.workers > 1 and self.opts.backend != "afpacket":
             raise DaemonError("--workers needs the afpacket backend")
+        sync = self._config.sync if self._config is not None else None
+        if sync is not None and self.opts.workers > 1:
+            raise DaemonError("connection sync ([sync], lvs_sync_daemon) works with one dataplane "
+                              "process only: drop --workers or the sync settings")
         try:
             if self.opts.backend == "tap":
                 self._attach_tap()
@@ -204,6 +246,8 @@ class Daemon:
             self._apply_requests(requests, "configuration")
             self._sync_kernel()
             self._resolve_all()
+            if sync is not None:
+                self._start_sync(sync)
         except BaseException:
             self.shutdown()
             raise
@@ -399,6 +443,12 @@ class Daemon:
         """Remove every kernel object ulvs added and close every socket. Idempotent."""
         if self._monitor is not None:
             self._monitor.kill_now()      # normally already stopped by run()
+        if self._exporter is not None:
+            self._exporter.kill_now()
+        if self._vrrp is not None:
+            self._vrrp.kill_now()
+        if self.sync is not None:
+            self.sync.close()
         if self.kernel is not None:
             try:
                 self.kernel.remove()
@@ -432,6 +482,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for port in self.ports.values():
             loop.add_reader(port.fileno(), self._on_rx, port)
+        if self.sync is not None:
+            self.sync.start(loop)
         await self._serve_control()
         self._arm_timer()
         housekeeping = asyncio.ensure_future(self._housekeeping())
@@ -439,8 +491,20 @@ class Daemon:
                  self.opts.control_socket)
         try:
             await self._update_monitor(reloaded=False)
+            await self._update_vrrp(reloaded=False)
+            if self.opts.metrics_listen is not None:
+                self._exporter = ExporterProcess(self.opts.metrics_listen, self.opts.control_socket)
+                await self._exporter.start()
+            self._notify.ready()
+            self._notify.start_watchdog(loop)
             await stop.wait()
         finally:
+            self._notify.stopping()
+            if self._exporter is not None:
+                await self._exporter.stop()
+            if self._vrrp is not None:
+                # First: a master resigns (priority 0) while the dataplane still forwards.
+                await self._vrrp.stop()
             if self._monitor is not None:
                 await self._monitor.stop()
             housekeeping.cancel()
@@ -497,6 +561,8 @@ class Daemon:
         op, sha, spa, target = fields[4], bytes(fields[5]), bytes(fields[6]), bytes(fields[8])
         if op != 1 or target not in self.core.vips or target in self.core.local_addrs:
             return
+        if self._vrrp is not None:
+            return   # with VRRP the master's kernel holds the virtual addresses and answers
         port.send_frame(ETH.pack(sha, port.mac, ETH_P_ARP)
                         + ARP.pack(1, 0x0800, 6, 4, 2, port.mac, target, sha, spa))
 
@@ -658,14 +724,29 @@ class Daemon:
             return await self.reload_config("reload request")
         if cmd in ("health", "sorry"):
             return await self._health_command(req)
+        if cmd == "probe_stats":
+            return self._probe_stats_command(req)
+        if cmd == "metrics":     # the exporter's scrape: the status, cut down to what it reads
+            from ulvs.runtime.control import metrics_view
+
+            got = await self._handle({**req, "cmd": "status"})
+            if not got.get("ok"):
+                return got
+            return {"ok": True, "v": PROTOCOL_VERSION, "metrics": metrics_view(got["status"])}
+        if cmd == "vrrp":
+            return self._vrrp_command(req)
         reply = apply_request(self.core, req, time.monotonic(), estimator=self.estimator)
         if reply.get("ok") and self.links:
             reply = self._forward(req, reply)
         if reply.get("ok") and cmd == "status":
             reply["status"]["daemon"] = self._daemon_info()
+            reply["status"]["daemon"]["ports"].update(reply["status"].pop("ports", {}))  # workers' rings
             reply["status"]["health"] = {
                 **overlay_to_json(self._overlay, self._sorry),
-                "monitor": self._monitor.info() if self._monitor is not None else None}
+                "monitor": self._monitor.info() if self._monitor is not None else None,
+                "probes": self._probe_stats}
+            reply["status"]["vrrp"] = self._vrrp_status()
+            reply["status"]["sync"] = self.sync.status() if self.sync is not None else None
         if reply.get("ok") and cmd not in READ_ONLY:
             await self._after_change()
         return reply
@@ -690,6 +771,8 @@ class Daemon:
             "conn_limit": self.opts.conn_limit,
             "config": str(self.opts.config) if self.opts.config is not None else None,
             "last_reload": self._last_reload,
+            "metrics": None if self._exporter is None else {"listen": self._exporter.listen,
+                                                            **self._exporter.info()},
         }
 
     def _forward(self, req: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
@@ -728,7 +811,15 @@ class Daemon:
 
     async def reload_config(self, why: str) -> dict[str, Any]:
         """Re-read the configuration and apply only the differences (SIGHUP, and the control
-        command "reload", whose reply this is).  On any error the running configuration stays."""
+        command "reload", whose reply this is).  On any error the running configuration stays.
+        systemd hears RELOADING=1 before and READY=1 after, either way."""
+        self._notify.reloading()
+        try:
+            return await self._reload_config(why)
+        finally:
+            self._notify.ready()
+
+    async def _reload_config(self, why: str) -> dict[str, Any]:
         from ulvs.runtime.control import PROTOCOL_VERSION, diff_requests
 
         if self.opts.config is None:
@@ -761,9 +852,78 @@ class Daemon:
         log.info("reloaded %s: %d change(s)", self.opts.config, len(changes))
         self._last_reload = {"at": at, "by": why, "ok": True, "changes": len(changes)}
         await self._update_monitor(reloaded=True)
+        await self._update_vrrp(reloaded=True)
         return {"ok": True, "v": PROTOCOL_VERSION, "changes": len(changes), "config": str(self.opts.config)}
 
+    # -- VRRP -----------------------------------------------------------------------------------
+    async def _update_vrrp(self, *, reloaded: bool) -> None:
+        """Start the VRRP speaker when the configuration has instances, stop it when it has none
+        any more; a reload restarts it (a master resigns with priority 0 first), so instances
+        are rebuilt from the new settings."""
+        want = self.opts.config is not None and self._config is not None and bool(self._config.vrrp)
+        if want and reloaded and self._vrrp is not None and self._vrrp_changed():
+            await self._vrrp.stop()
+            self._vrrp = None
+        if want and self._vrrp is None:
+            fmt = self.load_config.fmt if isinstance(self.load_config, DaemonConfig) else None
+            assert self.opts.config is not None and self._config is not None
+            hold = ("--sync-hold", str(SYNC_HOLD)) if self._config.sync is not None else ()
+            self._vrrp = MonitorProcess(self.opts.config, self.opts.control_socket, fmt,
+                                        module="ulvs.runtime.vrrpd", name="VRRP speaker", extra=hold)
+            self._vrrp_config = self._config.vrrp
+            await self._vrrp.start()
+        elif not want and self._vrrp is not None:
+            log.info("the configuration has no VRRP instances any more: stopping the VRRP speaker")
+            await self._vrrp.stop()
+            self._vrrp = None
+            self._vrrp_report = None
+
+    def _start_sync(self, settings: Any) -> None:
+        from ulvs.runtime.syncd import SyncError, SyncManager, read_key
+
+        try:
+            key = read_key(settings, self.opts.config)
+            self.sync = SyncManager(self.core, settings, key, ready_after=SYNC_HOLD)
+        except SyncError as e:
+            raise DaemonError(str(e)) from None
+
+    def _vrrp_changed(self) -> bool:
+        return self._config is None or getattr(self, "_vrrp_config", None) != self._config.vrrp
+
+    def _vrrp_command(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The speaker's report: every instance's state and counters (on each transition and
+        every second).  The reply tells it whether connection sync is ready (bulk resync done),
+        which lifts its hold on preemption."""
+        from ulvs.runtime.control import PROTOCOL_VERSION
+
+        instances = req.get("instances")
+        if not isinstance(instances, list):
+            return {"ok": False, "v": PROTOCOL_VERSION, "error": "vrrp: instances must be a list"}
+        self._vrrp_report = {"pid": req.get("pid"), "at": time.time(), "instances": instances}
+        if self.sync is not None:
+            self.sync.vrrp_states({str(i.get("iname")): int(i.get("state", 0)) for i in instances
+                                   if isinstance(i, dict)}, time.monotonic())
+        ready = self.sync.ready if self.sync is not None else True
+        return {"ok": True, "v": PROTOCOL_VERSION, "sync_ready": ready}
+
+    def _vrrp_status(self) -> list[dict[str, Any]] | None:
+        if self._vrrp is None:
+            return None
+        report = self._vrrp_report or {"instances": []}
+        return [dict(i, speaker_pid=self._vrrp.pid) for i in report["instances"] if isinstance(i, dict)]
+
     # -- health ---------------------------------------------------------------------------------
+    def _probe_stats_command(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The monitor's probe statistics (``ulvs.health.stats``): kept for status and metrics."""
+        from ulvs.health.stats import probes_from_json
+        from ulvs.runtime.control import PROTOCOL_VERSION
+
+        try:
+            self._probe_stats = probes_from_json(req.get("probes"))
+        except ValueError as e:
+            return {"ok": False, "v": PROTOCOL_VERSION, "error": f"probe_stats: {e}"}
+        return {"ok": True, "v": PROTOCOL_VERSION}
+
     async def _update_monitor(self, *, reloaded: bool) -> None:
         """Start the health monitor when the configuration needs one, stop it when it no longer
         does, and forward a successful reload to a running one."""

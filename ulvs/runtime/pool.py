@@ -184,8 +184,9 @@ def merge_snapshots(base: dict[str, Any], parts: list[dict[str, Any]]) -> dict[s
 
 
 def merge_status(base: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The main process's status (configuration) with every worker's connection table and drop
-    counters added up: each worker has a table of its own, so the limit is their sum."""
+    """The main process's status (configuration) with every worker's connection table, drop
+    counters and ring counters ("ports", by interface) added up: each worker has a table of its
+    own, so the limit is their sum."""
     out = dict(base)
     out["snapshot"] = merge_snapshots(base["snapshot"], [p["snapshot"] for p in parts])
     states: dict[str, int] = {}
@@ -197,6 +198,12 @@ def merge_status(base: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str,
                          "limit": sum(p["conn_table"]["limit"] for p in parts),
                          "states": states, "workers": len(parts)}
     out["drops"] = drops
+    ports: dict[str, dict[str, int]] = {}
+    for p in parts:                     # each worker's rings (Worker.handle adds them to status)
+        for name, counters in p.get("ports", {}).items():
+            _add(ports.setdefault(name, {}), counters)
+    if ports:
+        out["ports"] = ports
     return out
 
 

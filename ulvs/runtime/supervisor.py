@@ -1,4 +1,4 @@
-"""The daemon's supervision of its health monitor child (keepalived's checker child, STYLE rule 12).
+"""The daemon's supervision of its children: the health monitor and the VRRP speaker (STYLE rule 12).
 
 The monitor (``python -m ulvs.health.monitor``) runs in a process of its own so that probes,
 scripts and their timeouts can never delay the dataplane's loop.  ``MonitorProcess`` starts it
@@ -27,11 +27,14 @@ STABLE = 60.0           # s of running that resets the back-off
 
 
 class MonitorProcess:
-    """One health monitor child for the configuration ``config`` (read as ``fmt``), reporting
-    to the control socket ``socket``."""
+    """One child (``module``: the health monitor by default, or the VRRP speaker) for the
+    configuration ``config`` (read as ``fmt``), reporting to the control socket ``socket``."""
 
-    def __init__(self, config: Path, socket: Path, fmt: str | None = None) -> None:
+    def __init__(self, config: Path, socket: Path, fmt: str | None = None, *,
+                 module: str = "ulvs.health.monitor", name: str = "health monitor",
+                 extra: tuple[str, ...] = ()) -> None:
         self.config, self.socket, self.fmt = config, socket, fmt
+        self.module, self.name, self.extra = module, name, extra
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None      # wall clock, for ulvs status
         self.restarts = 0
@@ -44,8 +47,8 @@ class MonitorProcess:
         return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "ulvs.health.monitor", "--config", str(self.config),
-                "--socket", str(self.socket)]
+        argv = [sys.executable, "-m", self.module, "--config", str(self.config),
+                "--socket", str(self.socket), *self.extra]
         if self.fmt is not None:
             argv += ["--format", self.fmt]
         return argv
@@ -61,11 +64,11 @@ class MonitorProcess:
         try:
             self.proc = await asyncio.create_subprocess_exec(*self.argv(), stdin=asyncio.subprocess.DEVNULL)
         except OSError as e:
-            log.error("health monitor: cannot start %s: %s", self.argv()[0], e)
+            log.error("%s: cannot start %s: %s", self.name, self.argv()[0], e)
             self.proc = None
             return
         self.started_at = time.time()
-        log.info("health monitor started (pid %d)", self.proc.pid)
+        log.info("%s started (pid %d)", self.name, self.proc.pid)
 
     async def _supervise(self) -> None:
         while not self._stopping:
@@ -76,10 +79,10 @@ class MonitorProcess:
                     return
                 if time.monotonic() - began >= STABLE:
                     self._backoff = BACKOFF_FIRST
-                log.error("health monitor (pid %d) exited with %s; restarting in %g s", self.proc.pid,
+                log.error("%s (pid %d) exited with %s; restarting in %g s", self.name, self.proc.pid,
                           _status(code), self._backoff)
             else:
-                log.error("health monitor not running; retrying in %g s", self._backoff)
+                log.error("%s not running; retrying in %g s", self.name, self._backoff)
             await asyncio.sleep(self._backoff)
             self._backoff = min(self._backoff * 2, BACKOFF_MAX)
             if self._stopping:
@@ -94,7 +97,7 @@ class MonitorProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGHUP)
-            log.info("health monitor (pid %d): reload forwarded", pid)
+            log.info("%s (pid %d): reload forwarded", self.name, pid)
 
     async def stop(self) -> None:
         """SIGTERM, wait up to STOP_GRACE, then SIGKILL; stops the supervision too."""
@@ -112,9 +115,9 @@ class MonitorProcess:
         try:
             async with asyncio.timeout(STOP_GRACE):
                 code = await proc.wait()
-            log.info("health monitor (pid %d) stopped (%s)", proc.pid, _status(code))
+            log.info("%s (pid %d) stopped (%s)", self.name, proc.pid, _status(code))
         except TimeoutError:
-            log.warning("health monitor (pid %d) did not stop on SIGTERM within %g s: killed", proc.pid,
+            log.warning("%s (pid %d) did not stop on SIGTERM within %g s: killed", self.name, proc.pid,
                         STOP_GRACE)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -134,3 +137,16 @@ class MonitorProcess:
 
 def _status(code: int) -> str:
     return f"signal {-code}" if code < 0 else f"status {code}"
+
+
+class ExporterProcess(MonitorProcess):
+    """The Prometheus exporter (``python -m ulvs.runtime.metrics``), serving on ``listen``
+    (HOST:PORT) what the daemon's status says over the control socket ``socket``: a child of its
+    own, so a scrape never runs Python on the dataplane's GIL.  It reads no configuration."""
+
+    def __init__(self, listen: str, socket: Path) -> None:
+        super().__init__(Path(os.devnull), socket, module="ulvs.runtime.metrics", name="metrics exporter")
+        self.listen = listen
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module, "--listen", self.listen, "--socket", str(self.socket)]

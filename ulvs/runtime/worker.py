@@ -55,7 +55,10 @@ class Worker:
         op = msg.get("op")
         core = self.core
         if op == "request":
-            return apply_request(core, msg["req"], time.monotonic(), estimator=self.estimator)
+            reply = apply_request(core, msg["req"], time.monotonic(), estimator=self.estimator)
+            if reply.get("ok") and "status" in reply:       # this worker's rings, for the merge
+                reply["status"]["ports"] = {p.ifname: p.counters() for p in self.ports.values()}
+            return reply
         if op == "neighbor":
             core.set_neighbor(bytes.fromhex(msg["addr"]), msg["egress"], bytes.fromhex(msg["dmac"]),
                               bytes.fromhex(msg["smac"]))
