@@ -163,7 +163,8 @@ def configs(draw: Any) -> Config:
     return Config(
         daemon=daemon, timeouts=Timeouts(*draw(st.tuples(*[st.integers(1, MAX_TIMEOUT)] * 3))),
         services=tuple(svcs), vrrp=tuple(vrrp), vrrp_sync_groups=groups, sync=sync,
-        metrics=MetricsSettings(draw(st.none() | st.builds("{}:{}".format, addrs, st.integers(1, 65535)))),
+        metrics=MetricsSettings(draw(st.none() | st.just("off")
+                                     | st.builds("{}:{}".format, addrs, st.integers(1, 65535)))),
         router_id=draw(st.none() | texts), source=SOURCE)
 
 

@@ -5,6 +5,7 @@ scrape from a fake control socket, with no capability, and going when its parent
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
@@ -298,6 +299,38 @@ def test_listen_addresses() -> None:
                 "127.0.0.1:x"):
         with pytest.raises(ValueError, match="is not HOST:PORT"):
             parse_listen(bad)
+
+
+def test_the_daemon_keeps_probe_stats_and_answers_metrics() -> None:
+    from ulvs.runtime.daemon import Daemon, Options
+
+    d = Daemon(Options(), lambda path: [])
+
+    async def ask(req: dict[str, Any]) -> dict[str, Any]:
+        return await d._handle({"v": 1, **req})
+
+    async def scenario() -> None:
+        table = probe_table()
+        assert await ask({"cmd": "probe_stats", "probes": table}) == {"ok": True, "v": 1}
+        bad = await ask({"cmd": "probe_stats", "probes": {"TCP_CHECK": {"buckets": 3}}})
+        assert not bad["ok"] and "buckets must be a list" in bad["error"]
+        reply = await ask({"cmd": "metrics"})
+        assert reply["ok"] and reply["v"] == 1
+        assert reply["metrics"]["health"]["probes"] == table                 # the bad one changed nothing
+        assert reply["metrics"]["daemon"]["version"] == __version__
+        assert reply["metrics"]["conn_table"]["limit"] == Options().conn_limit
+        full = await ask({"cmd": "status"})
+        assert full["status"]["health"]["probes"] == table and full["status"]["daemon"]["metrics"] is None
+        assert metrics_view(full["status"]) == reply["metrics"]
+        s = scrape(reply["metrics"])
+        assert value(s, "ulvs_healthcheck_duration_seconds_count", kind="TCP_CHECK") == 5
+        refused = await ask({"cmd": "metrics", "v": 2})
+        assert not refused["ok"] and "unsupported protocol version" in refused["error"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        d.shutdown()
 
 
 # -- the exporter process ---------------------------------------------------------------------------

@@ -167,6 +167,10 @@ def render_status(st: JsonObj, *, color: bool = False, width: int = 160) -> str:
             config += ("; last reload: " + (f"{last['changes']} change(s)" if last["ok"]
                                             else f"FAILED: {last['error']}") + f" (by {last['by']})")
         facts.add_row("config", config)
+        if "metrics" in d:
+            m = d["metrics"]
+            facts.add_row("metrics", "off" if m is None else
+                          f"http://{m['listen']}/metrics (exporter pid {m['pid'] or 'restarting'})")
     states = ", ".join(f"{k} {v}" for k, v in sorted(table.get("states", {}).items()))
     facts.add_row("connections",
                   f"{table['count']:,} of {table['limit']:,}" + (f" ({states})" if states else ""))
