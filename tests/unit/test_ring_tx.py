@@ -281,6 +281,6 @@ def test_counters_report_the_transmit_paths() -> None:
     r.lanes = False
     r.rx = Rx()                                               # type: ignore[assignment]
     r._rx_stats = [0, 0, 0]
-    r.rx_stale = r.rx_resyncs = r.holes = 0
+    r.rx_stale = r.rx_resyncs = r.holes = r.rx_other_host = 0
     got = r.counters()
     assert (got["tx_ring"], got["tx_send"]) == (3, 1)

@@ -53,6 +53,7 @@ def make_ring(blocks: int = BLOCKS, stale_after: float = 0.1) -> PacketRing:
     ring._next_block = 0
     ring.rx_resyncs = 0
     ring.rx_stale = 0
+    ring.rx_other_host = 0
     return ring
 
 
@@ -284,6 +285,7 @@ def counters_ring(lanes: bool, rx: Any) -> PacketRing:
     ring._rx_stats = [0, 0, 0]
     ring.rx_stale = 4
     ring.rx_resyncs = 2
+    ring.rx_other_host = 5
     ring.holes = 1
     ring.tx_ring_frames = 9
     ring.tx_fallback = 3
@@ -296,7 +298,8 @@ def test_counters_accumulate_packet_statistics_v3() -> None:
     first = ring.counters()
     assert first["rx_packets"] == 8 and first["rx_ring_drops"] == 2 and first["rx_freezes"] == 1
     assert ring.counters() == {"rx_packets": 12, "rx_ring_drops": 3, "rx_freezes": 1, "rx_stale": 4,
-                               "rx_resyncs": 2, "rx_holes": 1, "tx_ring": 9, "tx_send": 3}
+                               "rx_resyncs": 2, "rx_other_host": 5, "rx_holes": 1, "tx_ring": 9,
+                               "tx_send": 3}
     assert rx.calls == [(SOL_PACKET, PACKET_STATISTICS, 12)] * 2
 
 
@@ -307,3 +310,14 @@ def test_counters_read_the_v2_statistics_for_lanes() -> None:
     got = ring.counters()
     assert (got["rx_packets"], got["rx_ring_drops"], got["rx_freezes"]) == (5, 3, 0)
     assert rx.calls == [(SOL_PACKET, PACKET_STATISTICS, 8)] * 2
+
+
+def test_frames_for_another_host_are_counted_and_not_handed_over() -> None:
+    ring = make_ring()
+    fill_block(ring, 0, [payload(0, 0), payload(0, 1), payload(0, 2)], seq=1)
+    # the kernel's sockaddr_ll after frame 1's tpacket3_hdr says PACKET_OTHERHOST
+    first = align16(BLOCK_HDR)
+    second = first + align16(MAC_OFF + 60)
+    ring.map[second + afpacket.PKTTYPE_V3] = afpacket.PACKET_OTHERHOST
+    assert delivered(ring) == [[payload(0, 0), payload(0, 2)]]
+    assert ring.rx_other_host == 1

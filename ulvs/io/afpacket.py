@@ -88,6 +88,9 @@ _REQ = struct.Struct("=IIII")
 _PKT2 = struct.Struct("=IIIHH")
 _STATUS = struct.Struct("=I")
 _TXHDR = struct.Struct("=II")   # tpacket2_hdr.tp_status, tp_len
+# struct sockaddr_ll follows tpacket3_hdr (48 bytes, TPACKET_ALIGNed); sll_pkttype is its byte 10.
+PKTTYPE_V3 = 48 + 10
+PACKET_OTHERHOST = 3
 _LOW = 0 if sys.byteorder == "little" else 3  # the byte of tp_status that holds the flags
 # struct virtio_net_hdr (host order): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET = struct.Struct("=BBHHHH")
@@ -236,6 +239,7 @@ class PacketRing:
         self._tx_pending = 0        # slots filled since the last flush
         self.tx_fallback = 0        # frames sent with send() because the ring was full or they were long
         self.tx_ring_frames = 0     # frames sent through the transmit ring
+        self.rx_other_host = 0      # frames for another host's MAC, not forwarded (v3)
         self.rx_resyncs = 0         # times the block cursor was found out of step (see _resync)
         self.rx_stale = 0           # frames of stale blocks dropped unread (see _drop_block)
         self._rx_stats = [0, 0, 0]  # PACKET_STATISTICS, accumulated (the kernel resets them on read)
@@ -437,8 +441,17 @@ class PacketRing:
         offs, lens, vnet, partial = b.offs, b.lens, b.vnet, b.partial
         pos = boff + first
         unpack = _PKT.unpack_from
+        n = 0
         for _ in range(num):
             nxt, _s, _ns, snaplen, length, _st, mac, _net = unpack(m, pos)
+            if m[pos + PKTTYPE_V3] == PACKET_OTHERHOST:
+                # Flooded to us (a bridge that has not learnt the MAC, a promiscuous port):
+                # another host's frame.  Forwarding it too would duplicate traffic, e.g. the
+                # backup of a director pair copying what the master forwards.
+                self.rx_other_host += 1
+                pos += nxt
+                continue
+            n += 1
             start = pos + mac
             offs.append(start)
             # A frame cut short by the ring (snaplen < len) is handed over as it is: the core
@@ -447,10 +460,10 @@ class PacketRing:
             vnet.append(start - VNET_LEN)
             partial.append(m[start - VNET_LEN] & VNET_F_NEEDS_CSUM)
             pos += nxt
-        b.bufs.extend([m] * num)
-        b.ifins.extend([self.ifindex] * num)
-        b.count = num
-        return num
+        b.bufs.extend([m] * n)
+        b.ifins.extend([self.ifindex] * n)
+        b.count = n
+        return n
 
     def release(self, boff: int) -> None:
         _STATUS.pack_into(self.map, boff + 8, TP_STATUS_KERNEL)
@@ -512,7 +525,8 @@ class PacketRing:
             self._rx_stats[i] += n
         packets, drops, freezes = self._rx_stats
         return {"rx_packets": packets - drops, "rx_ring_drops": drops, "rx_freezes": freezes,
-                "rx_stale": self.rx_stale, "rx_resyncs": self.rx_resyncs, "rx_holes": self.holes,
+                "rx_stale": self.rx_stale, "rx_resyncs": self.rx_resyncs,
+                "rx_other_host": self.rx_other_host, "rx_holes": self.holes,
                 "tx_ring": self.tx_ring_frames, "tx_send": self.tx_fallback}
 
     def close(self) -> None:
