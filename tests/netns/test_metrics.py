@@ -172,7 +172,8 @@ def test_every_metric_matches_the_daemons_own_numbers(extra: tuple[str, ...]) ->
         assert all(r.error is None for r in lab.http_get("client", VIP, count=6))
         group = lab.http_get("client", VIP, port=8080, count=2)
         assert all(r.error is None and r.server == "rs1" for r in group)
-        assert lab.udp_echo("client", VIP, "m", count=3) == ["rs1:m", "rs2:m", "rs3:m"]
+        # (each worker schedules its own flows: which dest answers depends on the fanout)
+        assert all(r in ("rs1:m", "rs2:m", "rs3:m") for r in lab.udp_echo("client", VIP, "m", count=3))
 
         with holding(lab, (VIP, 8080, 4), (VIP, 80, 3)) as held:
             assert held == 7

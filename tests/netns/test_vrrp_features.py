@@ -235,6 +235,7 @@ def test_sigterm_hands_over_after_skew_time_with_a_priority_zero_advert(record_p
             assert vaddrs() <= addresses(lab, "director2")
             assert counter(d2, "priority_zero_received") >= 1
             seen = adverts(cap)
+    assert {(a["dst"], a["ttl"]) for a in seen} == {(GROUP, 255)}      # multicast without unicast_peers
     for name, (_, vrid, _, own) in INSTANCES.items():
         old = [a for a in seen if a["src"] == own[0] and a["vrid"] == vrid]
         zero = [a["t"] for a in old if a["prio"] == 0]

@@ -253,6 +253,7 @@ class SyncManager:
         now = time.monotonic()
         lag = None if self.role == "master" or self._last_rx is None else round(now - self._last_rx, 3)
         return {"interface": self.settings.interface, "syncid": self.settings.syncid,
+                "instance": self.settings.instance,
                 "destinations": [f"{h}:{p}" for h, p in self.dests], "authenticated": self.key is not None,
                 "role": self.role, "ready": self.ready, "lag_seconds": lag,
                 "lost_messages": self.decoder.lost, **self.counters, "dropped": dict(self.dropped),

@@ -214,6 +214,7 @@ class Speaker:
     key: bytes | None
     seq: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    transitions: dict[str, int] = field(default_factory=dict)   # entries into each state
 
     @property
     def dests(self) -> list[str]:
@@ -239,7 +240,7 @@ class Speaker:
                 "address": str(self.link.addr), "master_adver_int": m.master_adver_int,
                 "master_down_interval": m.master_down_interval,
                 "virtual_addresses": [str(v.address) for v in self.cfg.virtual_addresses],
-                **m.counters, "dropped": dict(self.dropped)}
+                **m.counters, "dropped": dict(self.dropped), "transitions": dict(self.transitions)}
 
 
 def _dev(v: VirtualAddress, inst: VrrpInstance) -> str:
@@ -409,6 +410,7 @@ class Vrrpd:
 
     def transition(self, sp: Speaker, t: fsm.Transition) -> None:
         log.info("%s: %s -> %s (%s)", sp.cfg.name, t.old.name, t.new.name, t.reason)
+        sp.transitions[t.new.name] = sp.transitions.get(t.new.name, 0) + 1
         if t.new == fsm.State.MASTER:
             for dev, addr in sp.addresses():
                 self._nl.submit(self.addresses.add, dev, addr)
