@@ -19,7 +19,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 @pytest.mark.parametrize("name", ["keepalived.conf", "lvs.cf"])
 def test_example_configuration_serves_with_its_weights(name: str) -> None:
-    text = (EXAMPLES / name).read_text()
+    # the lab's directors call the example's eth0/eth1 cli0/srv0
+    text = (EXAMPLES / name).read_text().replace("eth0", "cli0").replace("eth1", "srv0")
     with Lab() as lab, director(lab, text, config_name=name) as d:
         listing = d.listing()
         assert "TCP  10.77.1.100:80 wlc" in listing, listing
