@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ import pytest
 
 from tests.netns.test_vrrp import ADVERT, BACKUP, MASTER, VIP, all_in, states, wait_for
 from ulvs.lab import Lab
-from ulvs.lab.director import PY, Director, DirectorError, director
+from ulvs.lab.director import Director, director
 
 pytestmark = pytest.mark.netns
 FAULT = 3
@@ -419,45 +417,19 @@ virtual_server 10.77.1.100 5353 {{
 """
 
 
-@contextlib.contextmanager
-def keepalived_director(lab: Lab, text: str, role: str, tmp: Path) -> Iterator[Director]:
-    """``ulvs run --keepalived-conf FILE`` in ``role``'s namespace (``director()`` passes
-    --config, which excludes --keepalived-conf); stopped with SIGTERM, a clean exit required."""
-    tmp.mkdir()
-    conf, sock, log = tmp / "keepalived.conf", str(tmp / "ulvs.sock"), tmp / "daemon.log"
-    conf.write_text(text)
-    argv = [PY, "-m", "ulvs", "run", "--keepalived-conf", str(conf), "--control-socket", sock,
-            "--backend", "afpacket", "-i", lab.director_if_client, "-i", lab.director_if_server]
-    with open(log, "w") as logf:
-        proc = lab.popen(role, argv, stderr=logf)
-    d = Director(lab, proc, sock, log, "afpacket", role)
-    try:
-        wait_for(f"{role}: ulvs running",
-                 lambda: "ulvs running" in log.read_text() or proc.poll() is not None)
-        if proc.poll() is not None:
-            raise DirectorError(f"ulvs run exited with {proc.returncode}:\n{log.read_text()}")
-        yield d
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise DirectorError("ulvs run did not stop on SIGTERM") from None
-    if proc.returncode != 0 and not d.killed:
-        raise DirectorError(f"ulvs run exited with {proc.returncode}:\n{log.read_text()}")
+def keepalived_director(lab: Lab, text: str, role: str) -> contextlib.AbstractContextManager[Director]:
+    """``ulvs run --keepalived-conf FILE`` in ``role``'s namespace."""
+    return director(lab, text, config_name="keepalived.conf", role=role, config_flag="--keepalived-conf")
 
 
-def test_keepalived_conf_drives_a_pair_with_connection_sync(tmp_path: Path) -> None:
+def test_keepalived_conf_drives_a_pair_with_connection_sync() -> None:
     def conf(role: str, priority: int) -> str:
         return KEEPALIVED_PAIR.format(role=role, priority=priority, advert=ADVERT)
 
     with Lab(directors=2, floating=False) as lab, \
-            keepalived_director(lab, conf("director", 150), "director", tmp_path / "d1") as d1:
+            keepalived_director(lab, conf("director", 150), "director") as d1:
         wait_for("director MASTER", lambda: all_in(d1, MASTER))
-        with keepalived_director(lab, conf("director2", 100), "director2", tmp_path / "d2") as d2:
+        with keepalived_director(lab, conf("director2", 100), "director2") as d2:
             wait_for("director2 follows", lambda: settled_backup(d2, BOTH, 10))
             assert all_in(d1, MASTER)
             assert vaddrs() <= addresses(lab, "director") and not vaddrs() & addresses(lab, "director2")
@@ -469,6 +441,7 @@ def test_keepalived_conf_drives_a_pair_with_connection_sync(tmp_path: Path) -> N
             for s in (s1, s2):
                 # lvs_sync_daemon srv0 VI_CLIENT: on srv0, id = VI_CLIENT's VRID (keepalived's default)
                 assert s["interface"] == "srv0" and s["syncid"] == 51 and s["authenticated"] is False, s
+                assert s["instance"] == "VI_CLIENT", s
             assert s1["role"] == "master" and s1["records_sent"] > 0, s1
             assert s2["role"] == "backup" and s2["records_applied"] > 0, s2
             for d in (d1, d2):

@@ -48,11 +48,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -76,6 +74,7 @@ from ulvs.health import state as st
 from ulvs.health.base import DEFAULT_DELAY_LOOP, Checker, CheckerError, Result, Target, create
 from ulvs.health.checkers._io import kill_group
 from ulvs.health.stats import ProbeStats
+from ulvs.runtime import child
 from ulvs.runtime.configfile import load
 
 log = logging.getLogger("ulvs.health")
@@ -86,7 +85,6 @@ TRAFFIC_INTERVAL = 1.0      # s between two reads of the dests' SYN counters (pa
 RECONNECT_DELAY = 0.5       # s between attempts to reach the control socket
 STATS_INTERVAL = 1.0        # s between two reports of the probe statistics (when they moved)
 PROTOCOL_VERSION = 1
-PR_SET_PDEATHSIG = 1
 
 SETTLED = frozenset({st.CheckerState.UP, st.CheckerState.DOWN})
 
@@ -587,13 +585,6 @@ class Monitor:
         return task
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM when the daemon (our parent) dies (Linux prctl)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ulvs.health.monitor",
                                 description="ulvs health monitor (started by ulvs run)")
@@ -603,21 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s ulvs-health[%(process)d] %(levelname)s %(message)s")
-    _die_with_parent()
-    parent = os.getppid()
-    if parent == 1:
-        log.error("the daemon that started the health monitor is gone")
+    if not child.attach_to_parent("health monitor", log):
         return 1
-
-    async def go() -> int:
-        return await Monitor(args.config, args.format, args.socket).run()
-
-    try:
-        import uvloop
-
-        return int(uvloop.run(go()))
-    except ImportError:
-        return asyncio.run(go())
+    return child.run(Monitor(args.config, args.format, args.socket).run())
 
 
 if __name__ == "__main__":

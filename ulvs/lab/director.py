@@ -78,10 +78,25 @@ def nat_rules(sched: str = "rr", weights: tuple[int, ...] = (1, 1, 1), method: s
     return "\n".join(lines) + "\n"
 
 
+def stop_by_pid(proc: subprocess.Popen[bytes], grace: float = 20.0) -> bool:
+    """SIGTERM to ``proc`` (by PID), SIGKILL after ``grace`` seconds; True if it stopped on
+    SIGTERM (or had already exited)."""
+    if proc.poll() is not None:
+        return True
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+        return True
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return False
+
+
 @contextmanager
 def director(lab: Lab, rules: str, backend: str = "afpacket",
              extra: tuple[str, ...] = (), config_name: str = "rules",
-             role: str = "director") -> Iterator[Director]:
+             role: str = "director", config_flag: str = "--config") -> Iterator[Director]:
     """Start the daemon with ``rules`` in the namespace of ``role`` (``director`` or
     ``director2``) and wait until its control socket answers; on exit stop it with SIGTERM (by
     PID) and require a clean exit (a test that killed it itself is not held to that)."""
@@ -90,7 +105,7 @@ def director(lab: Lab, rules: str, backend: str = "afpacket",
     cfg.write_text(rules)
     sock = str(tmp / "ulvs.sock")
     log = tmp / "daemon.log"
-    args = [PY, "-m", "ulvs", "run", "--config", str(cfg), "--control-socket", sock, "--backend", backend]
+    args = [PY, "-m", "ulvs", "run", config_flag, str(cfg), "--control-socket", sock, "--backend", backend]
     if backend == "afpacket":
         args += ["-i", lab.director_if_client, "-i", lab.director_if_server]
     args += list(extra)
@@ -107,13 +122,7 @@ def director(lab: Lab, rules: str, backend: str = "afpacket",
             time.sleep(0.05)
         yield d
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise DirectorError("ulvs run did not stop on SIGTERM") from None
+        if not stop_by_pid(proc):
+            raise DirectorError("ulvs run did not stop on SIGTERM")
     if proc.returncode != 0 and not d.killed:
         raise DirectorError(f"ulvs run exited with {proc.returncode}:\n{log.read_text()}")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -58,13 +57,13 @@ from ulvs import __version__
 from ulvs.config.schema import METRICS_LISTEN, parse_listen
 from ulvs.core.proto_tcp import STATE_NAMES
 from ulvs.core.verdict import DropReason
+from ulvs.runtime import child
 
 log = logging.getLogger("ulvs.metrics")
 
 PROTOCOL_VERSION = 1
 REQUEST_TIMEOUT = 5.0       # s for the daemon's answer to one scrape's request
 PARENT_CHECK = 1.0          # s between two checks that the daemon is still our parent
-PR_SET_PDEATHSIG = 1
 
 BACKEND = ("local_address", "local_port", "remote_address", "remote_port", "proto", "local_mark")
 VRRP = ("iname", "intf", "vrid")
@@ -279,11 +278,6 @@ def registry_for(fetch: Callable[[], Mapping[str, Any]]) -> CollectorRegistry:
     return registry
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ulvs.runtime.metrics",
                                 description="ulvs Prometheus exporter (started by ulvs run)")
@@ -292,11 +286,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = p.parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s ulvs-metrics[%(process)d] %(levelname)s %(message)s")
-    _die_with_parent()
-    parent = os.getppid()
-    if parent == 1:
-        log.error("the daemon that started the metrics exporter is gone")
+    if not child.attach_to_parent("metrics exporter", log):
         return 1
+    parent = os.getppid()
     try:
         where = parse_listen(args.listen)
     except ValueError as e:

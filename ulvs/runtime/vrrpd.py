@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
@@ -53,6 +52,7 @@ from typing import Any
 
 from ulvs.config.schema import Config, VirtualAddress, VrrpInstance
 from ulvs.health.monitor import ControlClient
+from ulvs.runtime import child
 from ulvs.vrrp import fsm, packet
 
 log = logging.getLogger("ulvs.vrrp")
@@ -62,7 +62,6 @@ VRRP_GROUP = "224.0.0.18"
 SCRIPT_TIMEOUT = 10.0
 REPORT_INTERVAL = 1.0
 LINK_POLL = 0.2
-PR_SET_PDEATHSIG = 1
 SO_BINDTODEVICE = 25
 ETH_P_ARP = 0x0806
 _MREQN = struct.Struct("4s4si")
@@ -482,12 +481,6 @@ async def run_script(argv: tuple[str, ...], name: str) -> None:
         await proc.wait()
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def main(argv: list[str] | None = None) -> int:
     from ulvs.config import ConfigError
     from ulvs.runtime.configfile import load
@@ -502,9 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s ulvs-vrrp[%(process)d] %(levelname)s %(message)s")
-    _die_with_parent()
-    if os.getppid() == 1:
-        log.error("the daemon that started the VRRP speaker is gone")
+    if not child.attach_to_parent("VRRP speaker", log):
         return 1
     try:
         config = load(args.config, args.format).config
@@ -520,15 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 1
 
-    async def go() -> int:
-        return await vrrpd.run()
-
-    try:
-        import uvloop
-
-        return int(uvloop.run(go()))
-    except ImportError:
-        return asyncio.run(go())
+    return child.run(vrrpd.run())
 
 
 if __name__ == "__main__":
