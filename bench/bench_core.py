@@ -15,7 +15,11 @@ repetitions.
                         connection is found from both directions: two hash entries, two keys)
   conn_bytes_per_entry_dr  the same for direct-routing connections (one hash entry)
 
-Usage: bench/bench_core.py [--json] [--quick] [--reps N]
+With ``--flow-log`` every core counts per connection and captures flow records (ulvs.core.flows),
+drained (and dropped) after each batch, as ``ulvs run --flow-log`` does; without it the flow log
+is off, as by default.
+
+Usage: bench/bench_core.py [--json] [--quick] [--reps N] [--flow-log]
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ CMAC, DMAC = "02:00:00:00:01:01", "02:00:00:00:01:fe"
 RMAC, LMAC = "02:00:00:00:02:01", "02:00:00:00:02:fe"
 VIP = "10.77.1.100"
 BATCH = 1024
+FLOW_LOG = False      # --flow-log: per-connection counters and flow records on
 
 
 def make_core(method: FwdMethod, proto: Proto = Proto.TCP, limit: int = 2_000_000) -> Core:
     core = Core(conn_limit=limit, batch_max=BATCH)
+    if FLOW_LOG:
+        core.enable_flow_log()
     port = 80 if proto == Proto.TCP else 53
     svc = core.add_service(ServiceConfig(proto, ipaddress.IPv4Address(VIP), port, sched="rr"))
     for i in range(8):
@@ -146,6 +153,7 @@ def bench_new_conn(reps: int, batches: int) -> float:
             core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, BATCH, 1.0)
             total += time.perf_counter_ns() - t0
             n += BATCH
+            core.drain_flows()
         if core.conn_count() != n:
             raise SystemExit(f"expected {n} new connections, table has {core.conn_count()}")
         results.append(total / n)
@@ -181,6 +189,7 @@ def bench_memory(entries: int, progress: Callable[[str], None], method: FwdMetho
             addr.pack_into(ring.buf, ring.offs[k] + 26, caddr)
             struct.pack_into("!H", ring.buf, ring.offs[k] + 34, 1024 + (i & 0xFF))
         core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, n, 1.0)
+        core.drain_flows()
         made += n
         if made % 200_000 == 0:
             progress(f"  memory: {made:,} connections")
@@ -196,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and 100k conns for memory")
     ap.add_argument("--reps", type=int, default=0, help="repetitions per figure (median is reported)")
+    ap.add_argument("--flow-log", action="store_true", help="with the flow log's counters and capture on")
     args = ap.parse_args(argv)
+    global FLOW_LOG
+    FLOW_LOG = args.flow_log
     reps = args.reps or (5 if args.quick else 9)
     batches = 20 if args.quick else 100
     entries = 100_000 if args.quick else 1_000_000
@@ -222,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     res["conn_bytes_per_entry_dr"] = round(bench_memory(entries, progress, FwdMethod.DROUTE), 1)
     res["conn_entries_measured"] = entries
     res["reps"] = reps
+    res["flow_log"] = FLOW_LOG
     if args.json:
         print(json.dumps(res, indent=2))
     else:

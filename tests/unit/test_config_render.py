@@ -159,7 +159,9 @@ def configs(draw: Any) -> Config:
         backend=draw(st.sampled_from(["afpacket", "tap"])), workers=draw(st.integers(1, 64)),
         conn_limit=draw(st.integers(1, 2**31 - 1)), gro=draw(st.booleans()),
         control_socket=draw(st.sampled_from(["/run/ulvs/ulvs.sock", "/tmp/x y.sock"])),
-        control_group=draw(st.none() | texts))
+        control_group=draw(st.none() | texts),
+        flow_log=draw(st.none() | st.sampled_from(["-", "/var/log/ulvs/flows.jsonl"])),
+        flow_log_rate=draw(st.integers(1, 2**31 - 1)))
     return Config(
         daemon=daemon, timeouts=Timeouts(*draw(st.tuples(*[st.integers(1, MAX_TIMEOUT)] * 3))),
         services=tuple(svcs), vrrp=tuple(vrrp), vrrp_sync_groups=groups, sync=sync,

@@ -171,6 +171,10 @@ def render_status(st: JsonObj, *, color: bool = False, width: int = 160) -> str:
             m = d["metrics"]
             facts.add_row("metrics", "off" if m is None else
                           f"http://{m['listen']}/metrics (exporter pid {m['pid'] or 'restarting'})")
+        fl = d.get("flow_log")
+        if fl:
+            facts.add_row("flow log", f"{'stdout' if fl['path'] == '-' else fl['path']}: {fl['written']:,} "
+                                      f"line(s), {fl['suppressed']:,} suppressed (at most {fl['rate']:,}/s)")
     states = ", ".join(f"{k} {v}" for k, v in sorted(table.get("states", {}).items()))
     facts.add_row("connections",
                   f"{table['count']:,} of {table['limit']:,}" + (f" ({states})" if states else ""))

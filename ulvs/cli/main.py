@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ulvs.cli.configcmd import add_parsers as add_config_parsers
 
     add_config_parsers(sub)
+    from ulvs.cli.top import add_parser as add_top_parser
+
+    add_top_parser(sub)
     return p
 
 
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from ulvs.cli.daemonctl import run as run_daemonctl
 
         return run_daemonctl(args)
+    if args.command == "top":
+        from ulvs.cli.top import run as run_top
+
+        return run_top(args)
     if args.command in ("check-config", "import"):
         from ulvs.cli.configcmd import run as run_configcmd
 

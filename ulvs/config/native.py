@@ -5,6 +5,7 @@ Layout (``docs/examples/ulvs.toml`` shows every key)::
   router_id = "lvs1"                       # optional, top level
   include = ["services.d/*.toml"]          # optional: more [[service]] / [vrrp] files
   [daemon]    interfaces backend workers conn_limit gro control_socket control_group
+              flow_log flow_log_rate
   [timeouts]  tcp tcpfin udp
   [metrics]   listen = "127.0.0.1:9595"   (or "off")
   [sync]      interface instance syncid port group
@@ -92,7 +93,7 @@ DNS_QUERY_TYPE = "query_type"        # DNS_CHECK's "type" key (``type`` names th
 TOP_KEYS = frozenset({"router_id", "include", "daemon", "timeouts", "metrics", "sync", "service", "vrrp"})
 INCLUDED_KEYS = frozenset({"include", "service", "vrrp"})
 DAEMON_KEYS = frozenset({"interfaces", "backend", "workers", "conn_limit", "gro", "control_socket",
-                         "control_group"})
+                         "control_group", "flow_log", "flow_log_rate"})
 TIMEOUT_KEYS = frozenset({"tcp", "tcpfin", "udp"})
 METRICS_KEYS = frozenset({"listen"})
 SYNC_KEYS = frozenset({"interface", "instance", "syncid", "port", "group", "peers", "key", "key_file"})
@@ -360,6 +361,9 @@ def _daemon(t: _Table) -> DaemonSettings:
     socket_path = t.string("control_socket", d.control_socket)
     if not socket_path.startswith("/"):
         raise t.error("control_socket", f"{socket_path!r} is not an absolute path")
+    flow_log = t.string("flow_log", None)
+    if flow_log is not None and flow_log != "-" and not flow_log.startswith("/"):
+        raise t.error("flow_log", f"{flow_log!r} is neither an absolute path nor \"-\" (stdout)")
     return DaemonSettings(
         interfaces=tuple(interfaces),
         backend=t.choice("backend", BACKENDS, d.backend),
@@ -368,6 +372,8 @@ def _daemon(t: _Table) -> DaemonSettings:
         gro=t.boolean("gro", d.gro),
         control_socket=socket_path,
         control_group=t.string("control_group", None),
+        flow_log=flow_log,
+        flow_log_rate=t.integer("flow_log_rate", d.flow_log_rate, 1, MAX_INT32),
     )
 
 

@@ -273,6 +273,8 @@ class DaemonSettings:
     gro: bool = True
     control_socket: str = "/run/ulvs/ulvs.sock"
     control_group: str | None = None        # a group whose members may use the control socket
+    flow_log: str | None = None             # flow log: a file (absolute path) or "-" (stdout); None: off
+    flow_log_rate: int = 1000               # flow log lines per second at most
 
 
 @dataclass(frozen=True, slots=True)

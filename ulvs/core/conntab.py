@@ -81,6 +81,12 @@ class ConnTable:
         self.iplan: list[Any] = []             # in-direction rewrite plan (its P_DEST is the dest)
         self.oplan: list[Any] = []             # out-direction plan (NAT) or None
         self.control: dict[int, int] = {}      # slot -> slot of its persistence template
+        # Flow log counters (``enable_flow_counters``): None while it is off, so a connection
+        # costs nothing more then.  [slot*2 + dir] with dir 0 in, 1 out (a plan's SI & 1).
+        self.fpkts: array[int] | None = None
+        self.fbytes: array[int] | None = None    # IP total lengths (ulvs.core.flows)
+        self.fstart: array[float] | None = None  # [slot] now of the first packet
+        self.fclose: bytearray | None = None     # [slot] CLOSED_BY_FIN / _RST (ulvs.core.flows)
         self._free: list[int] = []
         self.count = 0
         # wheel
@@ -100,7 +106,27 @@ class ConnTable:
         self.key.extend([None] * add)
         self.iplan.extend([None] * add)
         self.oplan.extend([None] * add)
+        if self.fpkts is not None:
+            self._grow_flows(add)
         self._free.extend(range(new - 1, old - 1, -1))
+
+    def enable_flow_counters(self) -> None:
+        """Allocate the per-slot flow counters (zero; live slots start counting now)."""
+        if self.fpkts is None:
+            self.fpkts, self.fbytes = array("Q"), array("Q")
+            self.fstart, self.fclose = array("d"), bytearray()
+            self._grow_flows(len(self.state))
+
+    def disable_flow_counters(self) -> None:
+        self.fpkts = self.fbytes = self.fstart = self.fclose = None
+
+    def _grow_flows(self, add: int) -> None:
+        assert self.fpkts is not None and self.fbytes is not None
+        assert self.fstart is not None and self.fclose is not None
+        self.fpkts.extend(array("Q", bytes(16 * add)))
+        self.fbytes.extend(array("Q", bytes(16 * add)))
+        self.fstart.extend(array("d", bytes(8 * add)))
+        self.fclose.extend(bytes(add))
 
     @property
     def full(self) -> bool:
@@ -131,6 +157,13 @@ class ConnTable:
         if epoch is None:
             epoch = self.epoch = now - EPOCH_LEAD
         self.last[slot] = -int((epoch - now) * TICKS_PER_SECOND // 1)
+        fpkts = self.fpkts
+        if fpkts is not None:
+            assert self.fbytes is not None and self.fstart is not None and self.fclose is not None
+            k = slot * 2
+            fpkts[k] = fpkts[k + 1] = self.fbytes[k] = self.fbytes[k + 1] = 0
+            self.fstart[slot] = now
+            self.fclose[slot] = 0
         return slot
 
     def release(self, slot: int) -> None:

@@ -36,12 +36,14 @@ from ulvs.core.conntab import (
     ConnTable,
 )
 from ulvs.core.fastpath import process_batch as _fast_process_batch
+from ulvs.core.flows import CLOSE, CLOSED_BY_FIN, CLOSED_BY_RST, OPEN, CloseReason, FlowRecord
 from ulvs.core.model import Dest, DestConfig, FwdMethod, Proto, Service, ServiceConfig
 from ulvs.core.proto_tcp import (
     DEFAULT_TIMEOUTS,
     NUM_STATES,
     STATE_NAMES,
     TH_ACK,
+    TH_FIN,
     TH_RST,
     TH_SYN,
     UDP_STATE,
@@ -200,6 +202,10 @@ class Core:
         self._sync_cursor = 0
         self._unlearned_plans: dict[tuple[int, bytes], list[Any]] = {}
         self.sync_skipped = 0               # records apply_sync could not apply here
+        # Flow log (see "Flow log" below, ulvs.core.flows): None while off, else the open and
+        # close records captured since the last drain; _count_flows is the fast path's test.
+        self._flow_log: list[FlowRecord] | None = None
+        self._count_flows = False
 
     # ======================================================================================
     # Control plane (call between batches)
@@ -356,7 +362,7 @@ class Core:
             if not t.flags[slot] & F_DEAD:
                 self._kill_template(slot)
         for slot in conns:
-            self._unbind(slot)
+            self._unbind(slot, CloseReason.FLUSHED)
         return len(conns)
 
     def _refresh_masq(self) -> None:
@@ -446,7 +452,7 @@ class Core:
                     t.iplan[slot] = self._unlearned_in_plan(dest, vkey)
             elif not t.flags[slot] & F_TEMPLATE:
                 # The forwarding method changed under a live connection: it cannot continue.
-                self._unbind(slot)
+                self._unbind(slot, CloseReason.DEST_CHANGED)
 
     def _discard_plans(self, dest: Dest) -> None:
         for k in [k for k, p in self._in_plans.items() if p[xmit.P_DEST] is dest]:
@@ -481,7 +487,7 @@ class Core:
             if ops:
                 old = t.out_tab[proto].get(okey)
                 if old is not None:
-                    self._unbind(old)   # the same flow's previous datagram to this dest
+                    self._unbind(old, CloseReason.OPS)   # the flow's previous datagram to this dest
         slot = t.alloc(proto, state, flags | F_OPS if ops else flags, now)
         t.key[slot] = key
         t.iplan[slot] = iplan
@@ -506,9 +512,13 @@ class Core:
             t._evictable.append(slot)
         if self._sync_log is not None:
             self._sync_log.append((slot, _EV_NEW))
+        if self._flow_log is not None:
+            self._flow_log.append((OPEN, key, proto, dest, now, False))
         return slot
 
-    def _unbind(self, slot: int) -> None:
+    def _unbind(self, slot: int, why: CloseReason = CloseReason.EXPIRED) -> None:
+        """Remove connection or template ``slot``; ``why`` is for the flow log (EXPIRED: its
+        timeout passed, refined by ``_close_record``)."""
         t = self.table
         iplan = t.iplan[slot]
         dest: Dest = iplan[xmit.P_DEST]
@@ -516,6 +526,8 @@ class Core:
         flags = t.flags[slot]
         if self._sync_log is not None and not flags & F_OPS:
             self._sync_log.append((slot, _EV_DEL, key, dest, t.state[slot], flags))
+        if self._flow_log is not None and not flags & F_TEMPLATE:
+            self._flow_log.append(self._close_record(slot, why))
         if flags & F_TEMPLATE:
             if not flags & F_DEAD:
                 t.templates.pop(key, None)
@@ -909,7 +921,7 @@ class Core:
                 return 0
             if not self._same_dest(t.dest(slot), rec.daddr, rec.dport, rec.vport):
                 return -1
-            self._unbind(slot)
+            self._unbind(slot, CloseReason.SYNC)
             return 1
         vkey = key[4:8] + key[10:12]
         svc = self._find_service(proto, vkey)
@@ -917,7 +929,7 @@ class Core:
         if svc is None or dest is None:
             return -1
         if slot is not None and t.dest(slot) is not dest:
-            self._unbind(slot)    # the peer's connection for this flow wins
+            self._unbind(slot, CloseReason.SYNC)    # the peer's connection for this flow wins
             slot = None
         new = slot is None
         if slot is None:
@@ -1023,6 +1035,8 @@ class Core:
         t.schedule(slot, now + self.timeouts[state])
         if state in _EVICT_ON_ENTRY:
             t.mark_evictable(slot)
+        if self._flow_log is not None:
+            self._flow_log.append((OPEN, key, proto, dest, now, True))
         return slot
 
     def _unlearned_in_plan(self, dest: Dest, vkey: bytes) -> list[Any]:
@@ -1054,6 +1068,91 @@ class Core:
         egress, dst_mac, src_mac = nb
         self._learn_return_path(slot, egress, src_mac + dst_mac)   # as a client frame would show it
         return True
+
+    # ======================================================================================
+    # Flow log (ulvs.core.flows; the shell is ulvs.runtime.flowlog)
+    # ======================================================================================
+    # While it is on, the table keeps per-slot packets and bytes both ways, the first packet's
+    # ``now`` and whether a FIN or RST was seen; _bind/_bind_synced capture an open record and
+    # _unbind a close record (with its counters: the slot is reused afterwards), as sync
+    # captures its changes.  The fast path counts behind one local boolean per packet; the slow
+    # path (_xmit, _new_flow, ICMP errors) counts too.  Persistence templates are not flows.
+
+    def enable_flow_log(self) -> None:
+        """Start counting per connection and capturing opens and closes for ``drain_flows``.
+        Connections already open count from now on (their start is their last packet)."""
+        if self._flow_log is not None:
+            return
+        t = self.table
+        t.enable_flow_counters()
+        assert t.fstart is not None
+        for slot in t.slots():
+            t.fstart[slot] = t.seen(slot)
+        self._flow_log = []
+        self._count_flows = True
+
+    def disable_flow_log(self) -> None:
+        """Stop; records not drained yet are forgotten and the counters freed."""
+        self._flow_log = None
+        self._count_flows = False
+        self.table.disable_flow_counters()
+
+    @property
+    def flow_log_enabled(self) -> bool:
+        return self._flow_log is not None
+
+    def drain_flows(self) -> list[FlowRecord]:
+        """The open and close records captured since the last drain, in order (decode them
+        with ``ulvs.core.flows.flow_event``)."""
+        log = self._flow_log
+        if not log:
+            return []
+        self._flow_log = []
+        return log
+
+    def open_flows(self) -> list[FlowRecord]:
+        """A close record, reason SHUTDOWN, for every connection still in the table (which
+        keeps them): what the daemon writes when it stops."""
+        if self._flow_log is None:
+            return []
+        t = self.table
+        return [self._close_record(slot, CloseReason.SHUTDOWN) for slot in t.slots()
+                if not t.flags[slot] & F_TEMPLATE]
+
+    def _close_record(self, slot: int, why: CloseReason) -> FlowRecord:
+        t = self.table
+        fpkts, fbytes, fstart, fclose = t.fpkts, t.fbytes, t.fstart, t.fclose
+        assert fpkts is not None and fbytes is not None and fstart is not None and fclose is not None
+        dest: Dest = t.dest(slot)
+        if why == CloseReason.EXPIRED:
+            closed = fclose[slot]
+            if closed == CLOSED_BY_RST:
+                why = CloseReason.RST
+            elif closed == CLOSED_BY_FIN:
+                why = CloseReason.FIN
+            elif dest.removed:
+                why = CloseReason.DEST_REMOVED
+        k = slot * 2
+        return (CLOSE, t.key[slot], t.proto(slot), dest, fstart[slot], t.seen(slot), fpkts[k], fbytes[k],
+                fpkts[k + 1], fbytes[k + 1], t.state[slot], int(why), bool(t.flags[slot] & F_SYNC))
+
+    def _count_flow(self, slot: int, si: int, length: int) -> None:
+        """One forwarded packet of ``length`` (IP total length) in the direction of stats row
+        ``si`` (in plans have even rows, out plans odd)."""
+        t = self.table
+        assert t.fpkts is not None and t.fbytes is not None
+        k = slot + slot + (si & 1)
+        t.fpkts[k] += 1
+        t.fbytes[k] += length
+
+    def _mark_closing(self, slot: int, tcp_flags: int) -> None:
+        """A FIN or RST of the connection: the reason it will close, unless a RST follows a FIN."""
+        fclose = self.table.fclose
+        assert fclose is not None
+        if tcp_flags & TH_RST:
+            fclose[slot] = CLOSED_BY_RST
+        elif not fclose[slot]:
+            fclose[slot] = CLOSED_BY_FIN
 
     # ======================================================================================
     # Views
@@ -1180,7 +1279,7 @@ class Core:
         slot = t.tabs[(f.proto, 0)].get(key)
         if slot is not None:
             if f.proto == IPPROTO_TCP and is_pure_syn(f.tcp_flags) and self._syn_restarts(slot):
-                self._unbind(slot)
+                self._unbind(slot, CloseReason.REUSED)
             else:
                 self._forward_in(j, buf, f, slot, now)
                 return
@@ -1223,7 +1322,7 @@ class Core:
             nat = bool(self.table.flags[slot] & F_NAT)
             self._xmit(j, buf, f, slot, self.table.iplan[slot], nat, now)
             if svc.config.ops and not nat:
-                self._unbind(slot)
+                self._unbind(slot, CloseReason.OPS)
 
     def _schedule_and_bind(self, j: int, buf: Any, off: int, proto: int, key: bytes, vkey: bytes,
                            svc: Service, ttl: int, ifin: int, now: float) -> int:
@@ -1257,7 +1356,7 @@ class Core:
         victim = t.pop_evictable()
         if victim < 0:
             return False
-        self._unbind(victim)
+        self._unbind(victim, CloseReason.EVICTED)
         return True
 
     # -- persistence (ip_vs_sched_persist) ------------------------------------------------------
@@ -1325,10 +1424,12 @@ class Core:
         si = plan[xmit.P_SI]
         self.stats.pkts[si] += 1
         self.stats.bytes[si] += self._tl
+        if self._count_flows:
+            self._count_flow(slot, si, self._tl)
         self.verdicts[j] = _FORWARD
         self.egress[j] = plan[xmit.P_EG]
         if svc.config.ops and plan[xmit.P_KIND] != xmit.KIND_NAT:
-            self._unbind(slot)   # one-packet scheduling without replies to translate
+            self._unbind(slot, CloseReason.OPS)   # one-packet scheduling without replies to translate
 
     def _forward_in(self, j: int, buf: Any, f: Frame, slot: int, now: float) -> None:
         t = self.table
@@ -1341,6 +1442,8 @@ class Core:
             # A synced connection's first packet here: its frames show the way back (apply_sync).
             self._learn_return_path(slot, self._ifin, bytes(buf[f.off:f.off + 12]))
         if f.proto == IPPROTO_TCP:
+            if self._count_flows and f.tcp_flags & (TH_FIN | TH_RST):
+                self._mark_closing(slot, f.tcp_flags)
             direction = Direction.INPUT if nat else Direction.INPUT_ONLY
             self._set_state(slot, next_state(direction, f.tcp_flags, t.state[slot]), now)
         self._xmit(j, buf, f, slot, t.iplan[slot], nat, now)
@@ -1358,6 +1461,8 @@ class Core:
             self._drop(j, DropReason.SYNC_UNLEARNED)
             return
         if f.proto == IPPROTO_TCP:
+            if self._count_flows and f.tcp_flags & (TH_FIN | TH_RST):
+                self._mark_closing(slot, f.tcp_flags)
             if t.state[slot] == TcpState.SYN_RECV and not t.flags[slot] & F_ANSWERED:
                 self._count_answer(slot, f.tcp_flags)
             self._set_state(slot, next_state(Direction.OUTPUT, f.tcp_flags, t.state[slot]), now)
@@ -1390,13 +1495,15 @@ class Core:
         si = plan[xmit.P_SI]
         self.stats.pkts[si] += 1
         self.stats.bytes[si] += f.tot_len
+        if self._count_flows:
+            self._count_flow(slot, si, f.tot_len)
         self.verdicts[j] = _FORWARD
         self.egress[j] = plan[xmit.P_EG]
 
     def _nodest(self, j: int, slot: int) -> None:
         """Packet of a connection whose dest was removed (sysctl expire_nodest_conn)."""
         if self.expire_nodest_conn:
-            self._unbind(slot)
+            self._unbind(slot, CloseReason.DEST_REMOVED)
         self._drop(j, DropReason.DEST_GONE)
 
     # -- ICMP --------------------------------------------------------------------------------
@@ -1450,6 +1557,8 @@ class Core:
         si = plan[xmit.P_SI]
         self.stats.pkts[si] += 1
         self.stats.bytes[si] += f.tot_len
+        if self._count_flows:
+            self._count_flow(slot, si, f.tot_len)
         self.verdicts[j] = _FORWARD
         self.egress[j] = plan[xmit.P_EG]
 

@@ -53,6 +53,13 @@ def add_parser(sub: Any) -> None:
                    help=f"serve Prometheus metrics at http://HOST:PORT/metrics from a child process "
                         f"(default: the configuration's [metrics] listen, else {METRICS_LISTEN}); "
                         f"'off': no exporter")
+    p.add_argument("--flow-log", metavar="PATH|-|off",
+                   help="write a JSON line for every connection open and close (5-tuple, dest, "
+                        "packets and bytes both ways, duration, close reason) to PATH (appended to; "
+                        "reopened on SIGHUP) or '-' (stdout); default: [daemon] flow_log, else off")
+    p.add_argument("--flow-log-rate", type=int, metavar="N",
+                   help="flow log lines per second at most (default: [daemon] flow_log_rate, else "
+                        "1000); lines over it are counted in a 'suppressed' line")
     p.add_argument("--verbose", "-v", action="store_true", help="log every next-hop change")
 
 
@@ -69,7 +76,9 @@ def _settings(args: argparse.Namespace, d: DaemonSettings) -> dict[str, Any]:
         control_group=args.control_group or d.control_group,
         conn_limit=d.conn_limit if args.conn_limit is None else args.conn_limit,
         workers=d.workers if args.workers is None else args.workers,
-        gro=d.gro if args.gro is None else args.gro == "on")
+        gro=d.gro if args.gro is None else args.gro == "on",
+        flow_log=None if args.flow_log == "off" else args.flow_log or d.flow_log,
+        flow_log_rate=d.flow_log_rate if args.flow_log_rate is None else args.flow_log_rate)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -83,6 +92,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.tx_ring < 0 or args.tx_ring % 512:
         print("ulvs run: --tx-ring must be 0 or a multiple of 512 (slots per 1 MiB block)", file=sys.stderr)
+        return 2
+    if args.flow_log_rate is not None and args.flow_log_rate < 1:
+        print("ulvs run: --flow-log-rate must be at least 1", file=sys.stderr)
         return 2
     if args.config and args.keepalived_conf:
         print("ulvs run: give --config or --keepalived-conf, not both", file=sys.stderr)

@@ -104,6 +104,8 @@ class Options:
     tx_ring: int = 4096                 # afpacket transmit ring slots (0: a send() per frame)
     control_group: str | None = None   # group admitted to the control socket (mode 0660)
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus exporter child; None: none
+    flow_log: str | None = None        # flow log file, "-" for stdout (ulvs.runtime.flowlog); None: off
+    flow_log_rate: int = 1000          # flow log lines per second at most
 
 
 def check_privileges() -> None:
@@ -198,6 +200,7 @@ class Daemon:
         self._vrrp: MonitorProcess | None = None
         self._vrrp_report: dict[str, Any] | None = None
         self.sync: Any = None               # ulvs.runtime.syncd.SyncManager when [sync] is set
+        self.flowlog: Any = None            # ulvs.runtime.flowlog.FlowLog with --flow-log
 
     def _model(self) -> Config | None:
         """The configuration model behind the requests ``load_config`` last returned."""
@@ -236,6 +239,8 @@ class Daemon:
         if sync is not None and self.opts.workers > 1:
             raise DaemonError("connection sync ([sync], lvs_sync_daemon) works with one dataplane "
                               "process only: drop --workers or the sync settings")
+        if self.opts.flow_log is not None:
+            self._start_flowlog()
         try:
             if self.opts.backend == "tap":
                 self._attach_tap()
@@ -441,6 +446,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Remove every kernel object ulvs added and close every socket. Idempotent."""
+        if self.flowlog is not None:
+            self._stop_flowlog()
         if self._monitor is not None:
             self._monitor.kill_now()      # normally already stopped by run()
         if self._exporter is not None:
@@ -487,6 +494,7 @@ class Daemon:
         await self._serve_control()
         self._arm_timer()
         housekeeping = asyncio.ensure_future(self._housekeeping())
+        flows = asyncio.ensure_future(self._drain_flows()) if self.flowlog is not None else None
         log.info("ulvs running: %d service(s), control socket %s", len(self.core.services),
                  self.opts.control_socket)
         try:
@@ -508,6 +516,8 @@ class Daemon:
             if self._monitor is not None:
                 await self._monitor.stop()
             housekeeping.cancel()
+            if flows is not None:
+                flows.cancel()
             for port in list(self.ports.values()):
                 loop.remove_reader(port.fileno())
             if self._server is not None:
@@ -773,6 +783,7 @@ class Daemon:
             "last_reload": self._last_reload,
             "metrics": None if self._exporter is None else {"listen": self._exporter.listen,
                                                             **self._exporter.info()},
+            "flow_log": self.flowlog.info() if self.flowlog is not None else None,
         }
 
     def _forward(self, req: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
@@ -814,6 +825,7 @@ class Daemon:
         command "reload", whose reply this is).  On any error the running configuration stays.
         systemd hears RELOADING=1 before and READY=1 after, either way."""
         self._notify.reloading()
+        self._reopen_flowlog()
         try:
             return await self._reload_config(why)
         finally:
@@ -854,6 +866,56 @@ class Daemon:
         await self._update_monitor(reloaded=True)
         await self._update_vrrp(reloaded=True)
         return {"ok": True, "v": PROTOCOL_VERSION, "changes": len(changes), "config": str(self.opts.config)}
+
+    # -- flow log -------------------------------------------------------------------------------
+    def _start_flowlog(self) -> None:
+        """--flow-log: open the file and make the core count and capture (ulvs.runtime.flowlog)."""
+        from ulvs.runtime.flowlog import FlowLog, FlowLogError
+
+        if self.opts.workers > 1:
+            raise DaemonError("the flow log works with one dataplane process only: drop --workers "
+                              "or --flow-log")
+        assert self.opts.flow_log is not None
+        try:
+            self.flowlog = FlowLog(self.opts.flow_log, self.opts.flow_log_rate)
+        except (FlowLogError, ValueError) as e:
+            raise DaemonError(str(e)) from None
+        self.core.enable_flow_log()
+        log.info("flow log: %s, at most %d lines/s", "stdout" if self.opts.flow_log == "-" else
+                 self.opts.flow_log, self.opts.flow_log_rate)
+
+    async def _drain_flows(self) -> None:
+        from ulvs.runtime.flowlog import DRAIN_INTERVAL
+
+        failing: str | None = None
+        while True:
+            await asyncio.sleep(DRAIN_INTERVAL)
+            try:
+                self.flowlog.write(self.core.drain_flows())
+                failing = None
+            except (OSError, ValueError) as e:     # a full disk: say so (once), keep forwarding
+                if str(e) != failing:
+                    log.error("flow log: %s (lines are lost until it can write again)", e)
+                failing = str(e)
+
+    def _stop_flowlog(self) -> None:
+        """Shutdown: what is left to drain, then a close line (reason shutdown) for every
+        connection still open."""
+        flowlog, self.flowlog = self.flowlog, None
+        try:
+            flowlog.close([*self.core.drain_flows(), *self.core.open_flows()])
+        except (OSError, ValueError) as e:
+            log.error("flow log: %s", e)
+
+    def _reopen_flowlog(self) -> None:
+        if self.flowlog is None:
+            return
+        from ulvs.runtime.flowlog import FlowLogError
+
+        try:
+            self.flowlog.reopen()
+        except FlowLogError as e:
+            log.error("%s: writing on to the old file", e)
 
     # -- VRRP -----------------------------------------------------------------------------------
     async def _update_vrrp(self, *, reloaded: bool) -> None:
