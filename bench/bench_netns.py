@@ -737,6 +737,19 @@ class Env:
                 return _num(f[2]), _num(f[3])
         return None
 
+    def ulvs_ports(self) -> dict[str, Any] | None:
+        """The daemon's per-port ring counters (``ulvs status --json``), None when it does not
+        answer."""
+        if self.ulvs_sock is None:
+            return None
+        out = self.lab.run("director", [sys.executable, "-m", "ulvs", "status", "--json", "--socket",
+                                        str(self.ulvs_sock)], check=False, timeout=20)
+        try:
+            ports: dict[str, Any] = json.loads(str(out.stdout))["daemon"]["ports"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return ports
+
     def start_nft(self) -> None:
         servers = ", ".join(f"{i} : 10.77.2.{11 + i}" for i in range(3))
         p = self.lab.run(
@@ -1025,8 +1038,10 @@ def run_system(system: str, s: Settings, notes: list[str], details: dict[str, An
                 served = sum(r.error is None and r.status == 200 for r in res)
                 det["http_after_pps_sweeps"] = served
                 if served < len(res):
+                    det["ports_after_pps_sweeps"] = env.ulvs_ports()
                     env.note(f"after the pps sweeps the daemon answered {served} of {len(res)} HTTP "
-                             "requests; the TCP figures come from a freshly started daemon")
+                             "requests; the TCP figures come from a freshly started daemon; its ring "
+                             f"counters then: {det['ports_after_pps_sweeps']}")
                 env.start_ulvs("-m")
         if "http" in groups:
             guarded(env, "http", lambda: env.http(fig, det))

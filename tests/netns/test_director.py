@@ -311,6 +311,27 @@ def test_two_workers_keep_both_directions_together_and_merge_listings() -> None:
         assert not any(os.path.exists(f"/proc/{p}") for p in pids)   # workers stopped with the daemon
 
 
+def test_workers_leave_stopping_to_the_main_process() -> None:
+    # systemctl stop (KillMode=control-group) and ^C signal every process of the service at
+    # once, the workers possibly first: they must go on until the main process stops them, and
+    # it must then exit 0 (a worker that stopped on its own signal made it exit 1).
+    with Lab(clients=8) as lab:
+        with director(lab, nat_rules("rr"), extra=("--workers", "2")) as d:
+            m = re.search(r"2 dataplane workers \(pids (\d+), (\d+)\)", d.log_text())
+            assert m, d.log_text()
+            pids = [int(p) for p in m.groups()]
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGINT)
+            got = servers_of(lab.http_get("client", lab.vip, count=24, src=list(lab.client_addrs)))
+            assert Counter(got) == {"rs1": 8, "rs2": 8, "rs3": 8}
+            assert all(os.path.exists(f"/proc/{p}") for p in pids)
+            os.killpg(d.proc.pid, signal.SIGTERM)
+            assert d.proc.wait(timeout=30) == 0, d.log_text()
+            assert "exited with" not in d.log_text(), d.log_text()
+        assert not any(os.path.exists(f"/proc/{p}") for p in pids)
+
+
 def test_download_with_segmenting_endpoints_and_gro_at_the_director() -> None:
     # endpoints send MTU-sized segments with full checksums; the director's GRO (switched on by
     # ulvs) coalesces them into CHECKSUM_PARTIAL super-packets that ulvs rewrites and the kernel

@@ -10,6 +10,7 @@ step over a hole (a kernel-owned slot followed by ``HOLE_SPAN`` filled ones).
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
@@ -19,7 +20,7 @@ from ulvs.io.base import Batch
 
 SLOT = 2048
 MAC_OFF = 96          # where the frame starts in a slot (after the header and the vnet header)
-HDR = struct.Struct("=IIIHH")
+HDR = struct.Struct("=IIIHHII")
 
 
 def make_ring(slots: int = 64, batch_max: int = 16) -> PacketRing:
@@ -31,19 +32,23 @@ def make_ring(slots: int = 64, batch_max: int = 16) -> PacketRing:
     ring.ifname = "fake0"
     ring.lanes = True
     ring._next_slot = 0
-    ring.holes = 0
+    ring.holes = ring.rx_stale = ring.rx_other_host = 0
     ring._hole_at = -1
     ring._hole_since = 0.0
     return ring
 
 
-def fill(ring: PacketRing, slot: int, payload: bytes, needs_csum: bool = False) -> None:
-    """What the kernel does for one frame."""
+def fill(ring: PacketRing, slot: int, payload: bytes, needs_csum: bool = False, age: float = 0.0,
+         pkttype: int = 0) -> None:
+    """What the kernel does for one frame (stamped ``age`` seconds ago, CLOCK_REALTIME)."""
     m = ring.map
     base = slot * SLOT
     m[base + MAC_OFF - VNET_LEN] = 1 if needs_csum else 0
     m[base + MAC_OFF:base + MAC_OFF + len(payload)] = payload
-    HDR.pack_into(m, base, TP_STATUS_USER, len(payload), len(payload), MAC_OFF, MAC_OFF + 14)
+    m[base + afpacket.PKTTYPE_V2] = pkttype
+    stamp = time.time() - age
+    HDR.pack_into(m, base, TP_STATUS_USER, len(payload), len(payload), MAC_OFF, MAC_OFF + 14,
+                  int(stamp), int(stamp % 1 * 1e9))
 
 
 def status(ring: PacketRing, slot: int) -> int:
@@ -151,3 +156,56 @@ def test_length_filters_split_at_small_max() -> None:
     for length, is_small in ((60, True), (1514, True), (1600, True), (1601, False), (65000, False)):
         assert bool(run(small, length)) is is_small
         assert bool(run(big, length)) is not is_small
+
+
+def test_the_reader_finds_filled_slots_beyond_a_gap_of_unfilled_ones() -> None:
+    # What an overrun lane was seen to leave behind: the cursor's slot and the next few are the
+    # kernel's, filled slots follow further on (and wrap round) -- the reader must not wait.
+    ring = make_ring(slots=128, batch_max=64)
+    ring._next_slot = 100
+    filled = [(100 + 5 + k) % 128 for k in range(HOLE_SPAN + 10)]     # 105..127, then 0..18
+    for s in filled:
+        fill(ring, s, s.to_bytes(1, "big") * 60)
+    got = [f for b in ring._slot_batches() for f in frames(b)]
+    assert got == [s.to_bytes(1, "big") * 60 for s in filled]
+    assert ring.holes == 1 and ring._next_slot == 19
+    assert all(status(ring, s) == TP_STATUS_KERNEL for s in range(128))
+
+
+def test_an_empty_lane_is_not_a_hole() -> None:
+    ring = make_ring(slots=128, batch_max=64)
+    ring._next_slot = 40
+    assert list(ring._slot_batches()) == []
+    assert ring._next_slot == 40 and ring.holes == 0
+
+
+def test_stale_and_other_host_frames_are_given_back_unread_and_counted() -> None:
+    ring = make_ring(slots=64, batch_max=16)
+    fill(ring, 0, b"a" * 60)
+    fill(ring, 1, b"b" * 60, age=ring.cfg.slot_stale_after * 4)   # a lap old after an overrun
+    fill(ring, 2, b"c" * 60, pkttype=afpacket.PACKET_OTHERHOST)   # flooded: another host's
+    fill(ring, 3, b"d" * 60)
+    got = [f for b in ring._slot_batches() for f in frames(b)]
+    assert got == [b"a" * 60, b"d" * 60]
+    assert ring.rx_stale == 1 and ring.rx_other_host == 1
+    assert ring._next_slot == 4 and all(status(ring, s) == TP_STATUS_KERNEL for s in range(4))
+
+
+def test_a_batch_of_only_stale_frames_is_not_handed_over() -> None:
+    ring = make_ring(slots=64, batch_max=16)
+    for s in range(3):
+        fill(ring, s, b"z" * 60, age=1.0)
+    assert list(ring._slot_batches()) == []
+    assert ring.rx_stale == 3 and ring._next_slot == 3
+    assert all(status(ring, s) == TP_STATUS_KERNEL for s in range(3))
+
+
+def test_a_call_stops_after_its_budget_and_the_next_one_goes_on() -> None:
+    ring = make_ring(slots=64, batch_max=8)
+    for s in range(40):
+        fill(ring, s, s.to_bytes(1, "big") * 60)
+    first = [f for b in ring._slot_batches(16) for f in frames(b)]
+    assert first == [s.to_bytes(1, "big") * 60 for s in range(16)]
+    assert status(ring, 16) == TP_STATUS_USER          # left for the next call
+    rest = [f for b in ring._slot_batches(1000) for f in frames(b)]
+    assert rest == [s.to_bytes(1, "big") * 60 for s in range(16, 40)]

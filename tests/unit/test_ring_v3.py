@@ -10,6 +10,7 @@ number), and give back unread a block whose last frame is stale by a plausible c
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -289,6 +290,13 @@ def counters_ring(lanes: bool, rx: Any) -> PacketRing:
     ring.holes = 1
     ring.tx_ring_frames = 9
     ring.tx_fallback = 3
+    ring.cfg = RingConfig(block_size=4096, block_count=4, slot_size=2048, slot_count=8)
+    ring.map = bytearray(4096 * 4)                 # type: ignore[assignment]
+    if lanes:
+        for slot in (1, 2, 6):                     # three slots handed over, unread
+            ring.map[slot * 2048] = 1
+    else:
+        ring.map[3 * 4096 + 8] = 5                 # block 3: TP_STATUS_USER | LOSING
     return ring
 
 
@@ -297,7 +305,8 @@ def test_counters_accumulate_packet_statistics_v3() -> None:
     ring = counters_ring(False, rx)
     first = ring.counters()
     assert first["rx_packets"] == 8 and first["rx_ring_drops"] == 2 and first["rx_freezes"] == 1
-    assert ring.counters() == {"rx_packets": 12, "rx_ring_drops": 3, "rx_freezes": 1, "rx_stale": 4,
+    assert ring.counters() == {"rx_packets": 12, "rx_ring_drops": 3, "rx_freezes": 1, "rx_ready": 1,
+                               "rx_stale": 4,
                                "rx_resyncs": 2, "rx_other_host": 5, "rx_holes": 1, "tx_ring": 9,
                                "tx_send": 3}
     assert rx.calls == [(SOL_PACKET, PACKET_STATISTICS, 12)] * 2
@@ -309,6 +318,7 @@ def test_counters_read_the_v2_statistics_for_lanes() -> None:
     ring.counters()
     got = ring.counters()
     assert (got["rx_packets"], got["rx_ring_drops"], got["rx_freezes"]) == (5, 3, 0)
+    assert got["rx_ready"] == 3
     assert rx.calls == [(SOL_PACKET, PACKET_STATISTICS, 8)] * 2
 
 
@@ -321,3 +331,13 @@ def test_frames_for_another_host_are_counted_and_not_handed_over() -> None:
     ring.map[second + afpacket.PKTTYPE_V3] = afpacket.PACKET_OTHERHOST
     assert delivered(ring) == [[payload(0, 0), payload(0, 2)]]
     assert ring.rx_other_host == 1
+
+
+def test_a_call_hands_over_whole_blocks_up_to_its_budget(clock: list[float]) -> None:
+    ring = make_ring()
+    ring.cfg = dataclasses.replace(ring.cfg, rx_budget=3)
+    for k in range(4):
+        fill_block(ring, k, [payload(k, j) for j in range(2)], seq=k + 1)
+    assert delivered(ring) == [[payload(0, 0), payload(0, 1)], [payload(1, 0), payload(1, 1)]]
+    assert block_status(ring, 2) == TP_STATUS_USER                # left for the next call
+    assert delivered(ring) == [[payload(2, 0), payload(2, 1)], [payload(3, 0), payload(3, 1)]]

@@ -84,12 +84,13 @@ _SEQ = struct.Struct("=Q")      # tpacket_hdr_v1.seq_num, at offset 24
 _PKT = struct.Struct("=IIIIIIHH")
 # struct tpacket_req (V2): block size, block count, frame size, frame count.
 _REQ = struct.Struct("=IIII")
-# struct tpacket2_hdr: status, len, snaplen, mac, net (then sec, nsec, vlan fields, unread).
-_PKT2 = struct.Struct("=IIIHH")
+# struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec (then vlan fields, unread).
+_PKT2 = struct.Struct("=IIIHHII")
 _STATUS = struct.Struct("=I")
 _TXHDR = struct.Struct("=II")   # tpacket2_hdr.tp_status, tp_len
 # struct sockaddr_ll follows tpacket3_hdr (48 bytes, TPACKET_ALIGNed); sll_pkttype is its byte 10.
 PKTTYPE_V3 = 48 + 10
+PKTTYPE_V2 = 32 + 10            # ... and tpacket2_hdr (32 bytes)
 PACKET_OTHERHOST = 3
 _LOW = 0 if sys.byteorder == "little" else 3  # the byte of tp_status that holds the flags
 # struct virtio_net_hdr (host order): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -98,6 +99,7 @@ VNET_LEN = VNET.size
 VNET_F_NEEDS_CSUM = 1
 VNET_GSO_NONE = 0
 _U16 = struct.Struct("!H")
+_USER_BIT = bytes(i & TP_STATUS_USER for i in range(256))  # status low byte -> 1: the user's
 
 
 class RingError(OSError):
@@ -106,6 +108,7 @@ class RingError(OSError):
 
 RING_MODES = ("lanes", "v3")
 HOLE_SPAN = 32          # filled slots after an unfilled one that make it a hole
+BIG_BATCHES = 4         # big-lane batches a batches() call hands over at most
 HOLE_WAIT = 0.001       # s an unfilled slot may trail a filled one before it is a hole
 
 
@@ -118,6 +121,7 @@ class RingConfig:
     frame_size: int = 1 << 16      # only used to size tp_frame_nr
     retire_ms: int = 1             # hand over a partly filled block after 1 ms
     stale_after: float = 0.1       # s: a block whose last frame is older is dropped unread
+    rx_budget: int = 4096          # frames a batches() call hands over at most (about: whole blocks)
     # lanes
     slot_size: int = 2048          # TPACKET_V2 slot: header, vnet header, frame up to small_max
     slot_count: int = 8192         # 16 MiB of slots
@@ -125,6 +129,7 @@ class RingConfig:
     big_size: int = 1 << 17        # a GSO super-packet (64 KiB + headers) fits
     big_count: int = 32
     batch_max: int = 512           # frames per batch from the small lane
+    slot_stale_after: float = 0.05 # s: an older frame is given back unread
     # transmit ring (TPACKET_V2, both modes); 0 slots: one send() per frame
     tx_slot_size: int = 2048       # header (32) + vnet header + frame up to 2,006 bytes
     tx_slot_count: int = 4096      # 8 MiB: room for the frames still in flight
@@ -304,21 +309,29 @@ class PacketRing:
         return True
 
     def batches(self) -> Iterator[Batch]:
-        """The frames received so far, a batch at a time; a batch's slots go back to the kernel
-        when the consumer asks for the next one."""
+        """The frames received so far, a batch at a time, up to about ``rx_budget`` frames a
+        call; a batch's slots go back to the kernel when the consumer asks for the next one.
+
+        The budget keeps a flood from holding the event loop: what is left makes the socket
+        readable again, and the loop runs its other callbacks (control requests, timers,
+        health checks, VRRP and sync messages) before it calls us again."""
+        budget = self.cfg.rx_budget
         if self.lanes:
-            yield from self._slot_batches()
+            yield from self._slot_batches(budget)
             yield from self._big_batches()
             return
         now = time.time()      # the kernel stamps frames with CLOCK_REALTIME
         stale = self.cfg.stale_after
+        handed = 0
         for boff in self.ready_blocks():
             if 3600 > now - _block_time(self.map, boff) > stale:  # an hour: another clock
                 self._drop_block(boff)
                 continue
-            self.frames(boff)
+            handed += self.frames(boff)
             yield self.batch
             self.release(boff)
+            if handed >= budget:
+                return
 
     def _drop_block(self, boff: int) -> None:
         """Receive livelock guard: in an overload the ring fills with frames that take the core
@@ -329,66 +342,89 @@ class PacketRing:
         self.rx_stale += _BLOCK.unpack_from(self.map, boff)[3]
         self.release(boff)
 
-    def _slot_batches(self) -> Iterator[Batch]:
-        """The small lane: ready TPACKET_V2 slots in ring order, up to ``batch_max`` a batch."""
+    def _slot_batches(self, budget: int = 1 << 62) -> Iterator[Batch]:
+        """The small lane: ready TPACKET_V2 slots in ring order, up to ``batch_max`` a batch,
+        until about ``budget`` slots have been taken."""
         m, cfg, b = self.map, self.cfg, self.batch
         size, count, most = cfg.slot_size, cfg.slot_count, cfg.batch_max
         unpack, release = _PKT2.unpack_from, _STATUS.pack_into
+        # Frames older than slot_stale_after are given back unread (rx_stale), as v3 does with
+        # whole blocks: after an overrun they are a lap old, and forwarding them helps no one.
+        cut = time.time() - cfg.slot_stale_after      # the kernel stamps with CLOCK_REALTIME
+        cut_sec = int(cut)
+        cut_nsec = int((cut - cut_sec) * 1e9)
         while True:
             b.clear()
             offs, lens, vnet, partial = b.offs, b.lens, b.vnet, b.partial
             first = slot = self._next_slot
-            n = 0
-            while n < most:
+            taken = n = 0
+            while taken < most:
                 soff = slot * size
-                status, _len, snaplen, mac, _net = unpack(m, soff)
+                status, _len, snaplen, mac, _net, sec, nsec = unpack(m, soff)
                 if not status & TP_STATUS_USER:
                     break
+                taken += 1
+                slot += 1
+                if slot == count:
+                    slot = 0
+                if sec <= cut_sec and (sec < cut_sec or nsec < cut_nsec):
+                    self.rx_stale += 1
+                    continue
+                if m[soff + PKTTYPE_V2] == PACKET_OTHERHOST:
+                    self.rx_other_host += 1     # see frames()
+                    continue
                 start = soff + mac
                 offs.append(start)
                 lens.append(snaplen)     # cut short by the slot: the core drops it by reason
                 vnet.append(start - VNET_LEN)
                 partial.append(m[start - VNET_LEN] & VNET_F_NEEDS_CSUM)
                 n += 1
-                slot += 1
-                if slot == count:
-                    slot = 0
-            if not n:
+            if not taken:
                 if self._skip_hole(slot):
                     continue
                 return
             self._next_slot = slot
-            b.bufs.extend([m] * n)
-            b.ifins.extend([self.ifindex] * n)
-            b.count = n
-            yield b
+            if n:
+                b.bufs.extend([m] * n)
+                b.ifins.extend([self.ifindex] * n)
+                b.count = n
+                yield b
             slot = first
-            for _ in range(n):
+            for _ in range(taken):
                 release(m, slot * size, TP_STATUS_KERNEL)
                 slot += 1
                 if slot == count:
                     slot = 0
-            if n < most:
+            budget -= taken
+            if taken < most or budget <= 0:
                 return
 
     def _skip_hole(self, slot: int) -> bool:
-        """Step over ``slot`` when it is a hole: still the kernel's while slots after it are
-        filled.  Under sustained overload the daemon's small lane has been seen to find a slot
-        with a fresh header but the kernel's status, right behind slots it had given back (never
-        reproduced outside the daemon); waiting for it would stall the lane for a whole lap, or
-        for ever when little traffic follows.  A slot the kernel is still writing is finished
-        within microseconds, so a slot is a hole when the ``HOLE_SPAN`` slots after it are all
-        filled, or when it is still unfilled ``HOLE_WAIT`` seconds after a later one was seen
-        filled.  Were a slow write ever stepped over, its frame is read a lap late."""
+        """Step over ``slot`` (and the unfilled slots after it) when it is a hole: still the
+        kernel's while a later slot is filled.
+
+        On this machine's kernel a small lane that has been overrun (the kernel dropping frames
+        because every slot was full) comes out of it with its slots no longer filled in ring
+        order: reading strictly in order, a reader meets old frames between fresh ones and,
+        worse, an unfilled slot at its cursor with filled ones further on and none right after
+        it -- and then waits for ever (reproduced with a bare in-order reader and no ulvs code;
+        see docs/BENCHMARKS.md).  So when the cursor's slot is unfilled the reader looks for the
+        next filled slot anywhere in the ring (one strided copy of the status bytes, no Python
+        loop) and moves there.  A slot the kernel is still writing is finished within
+        microseconds, so the move waits for one of: the ``HOLE_SPAN`` slots from the filled one
+        on are all filled, or the gap has stayed ``HOLE_WAIT`` seconds.  Frames of slots stepped
+        over are read when the reader comes round to them, a lap late."""
         m, size, count = self.map, self.cfg.slot_size, self.cfg.slot_count
-        get = _STATUS.unpack_from
-        (after,) = get(m, ((slot + 1) % count) * size)
-        if not after & TP_STATUS_USER:
+        with memoryview(m) as mv:
+            flags = bytes(mv[_LOW::size]).translate(_USER_BIT)
+        nxt = flags.find(1, slot + 1)
+        if nxt < 0:
+            nxt = flags.find(1, 0, slot)
+        if nxt < 0:
             self._hole_at = -1
-            return False          # nothing after it either: the lane is simply empty
-        filled = all(get(m, ((slot + k) % count) * size)[0] & TP_STATUS_USER
-                     for k in range(2, HOLE_SPAN + 1))
-        if not filled:
+            return False          # nothing filled anywhere: the lane is simply empty
+        span = (flags + flags)[nxt:nxt + HOLE_SPAN]
+        if span.count(1) < min(HOLE_SPAN, count - 1):
             now = time.monotonic()
             if self._hole_at != slot:
                 self._hole_at, self._hole_since = slot, now
@@ -396,7 +432,7 @@ class PacketRing:
             if now - self._hole_since < HOLE_WAIT:
                 return False
         self._hole_at = -1
-        self._next_slot = (slot + 1) % count
+        self._next_slot = nxt
         self.holes += 1
         return True
 
@@ -404,7 +440,7 @@ class PacketRing:
         """The big lane: one ``recv_into`` per long frame, into the buffer pool."""
         sock, bufs, b = self.big, self._big_bufs, self.batch
         assert sock is not None
-        while True:
+        for _ in range(BIG_BATCHES):
             b.clear()
             n = 0
             for buf in bufs:
@@ -517,14 +553,19 @@ class PacketRing:
     def counters(self) -> dict[str, int]:
         """What this port's rings saw: frames the kernel offered the receive ring and those it
         dropped for want of a free block or slot (PACKET_STATISTICS), how often the receive
-        queue froze (TPACKET_V3), frames sent through the transmit ring and by plain send()."""
+        queue froze (TPACKET_V3), blocks or slots handed over and not yet read, frames sent
+        through the transmit ring and by plain send()."""
         v3 = not self.lanes
         raw = self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12 if v3 else 8)
         got = struct.unpack("=III" if v3 else "=II", raw)
         for i, n in enumerate(got):
             self._rx_stats[i] += n
         packets, drops, freezes = self._rx_stats
+        step = self.cfg.block_size if v3 else self.cfg.slot_size
+        with memoryview(self.map) as mv:   # blocks or slots the kernel has handed over, unread
+            ready = bytes(mv[8 * v3 + _LOW::step]).translate(_USER_BIT).count(1)
         return {"rx_packets": packets - drops, "rx_ring_drops": drops, "rx_freezes": freezes,
+                "rx_ready": ready,
                 "rx_stale": self.rx_stale, "rx_resyncs": self.rx_resyncs,
                 "rx_other_host": self.rx_other_host, "rx_holes": self.holes,
                 "tx_ring": self.tx_ring_frames, "tx_send": self.tx_fallback}

@@ -125,8 +125,12 @@ class Worker:
     async def run(self, control: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        # A SIGTERM or SIGINT for the whole process group (systemctl stop, ^C in a shell) reaches
+        # the workers too.  Stopping is the main process's to do: it says so on the control
+        # socket, whose end of file also stops us when it dies.  A worker that stopped on the
+        # signal by itself made the main process log it as a failed worker and exit 1.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the main process reloads
         for port in self.ports.values():
             loop.add_reader(port.fileno(), self.on_rx, port)
