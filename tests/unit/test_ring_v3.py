@@ -341,3 +341,17 @@ def test_a_call_hands_over_whole_blocks_up_to_its_budget(clock: list[float]) -> 
     assert delivered(ring) == [[payload(0, 0), payload(0, 1)], [payload(1, 0), payload(1, 1)]]
     assert block_status(ring, 2) == TP_STATUS_USER                # left for the next call
     assert delivered(ring) == [[payload(2, 0), payload(2, 1)], [payload(3, 0), payload(3, 1)]]
+
+
+def test_after_a_budget_stop_the_next_call_goes_on_from_the_next_block(clock: list[float]) -> None:
+    # A full ring: the block given back is the only one the kernel can fill, and it does at
+    # once.  The next call must read the older blocks first (a cursor left on the block given
+    # back read only that block from then on, and the rest were never given back).
+    ring = make_ring(blocks=4)
+    ring.cfg = dataclasses.replace(ring.cfg, rx_budget=1)
+    for k in range(4):
+        fill_block(ring, k, [payload(k, 0)], seq=k + 1)
+    assert delivered(ring) == [[payload(0, 0)]]
+    fill_block(ring, 0, [payload(4, 0)], seq=5)
+    assert [delivered(ring) for _ in range(4)] == [[[payload(k, 0)]] for k in (1, 2, 3, 4)]
+    assert ring.rx_resyncs == 0

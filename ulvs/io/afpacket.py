@@ -14,11 +14,17 @@ Receive uses ``ETH_P_ALL`` packet sockets with ``PACKET_VNET_HDR``
   fills it and wakes us at once.  Longer frames (64 KiB GSO super-packets) go to a plain packet
   socket read into a pool of large buffers, one ``recv_into`` each: few frames, many bytes.  Both
   sockets sit in one epoll set whose descriptor is the port's ``fileno()``.  Measured: a 92 us
-  UDP round trip through the director against 1,001 us with ``v3``.  Not the default: under
-  sustained overload (the bench's pps sweeps) its slot cursor has been seen to fall out of step
-  with the kernel's -- slots with a fresh header but the kernel's status were found right
-  behind the cursor.  The reader steps over such holes (``_skip_hole``), yet after a pps sweep
-  the bench's HTTP runs still stall on this layout; the cause is not found yet.
+  UDP round trip through the director against 1,001 us with ``v3``.  Not the default: once
+  overrun (every slot full, the kernel dropping), this kernel's V2 ring is no longer filled in
+  ring order -- a bare in-order reader with no ulvs code meets old frames between fresh ones and
+  an unfilled slot at its cursor with filled ones further on.  The reader therefore looks past
+  such gaps (``_skip_hole``) and gives back frames older than ``slot_stale_after``; with that it
+  no longer stalls after an overload, but its loss under overload is erratic, and with two
+  workers one worker was once seen to lose its flows for seconds.
+
+Every ``batches()`` call hands over about ``rx_budget`` frames at most, then returns to the
+event loop (the socket stays readable): a flood must not keep control requests, timers, health
+checks or VRRP and sync traffic waiting.
 
 Either way the frames are handed to the core as one batch (offsets into the mmap, no copies),
 the forwarded ones are transmitted straight out of the ring, and the slots go back to the
@@ -288,8 +294,11 @@ class PacketRing:
                 if not self._resync():
                     return
                 continue
-            yield boff
+            # Moved on before the yield: a consumer that stops early (batches() at its budget)
+            # closes this generator at the yield, and the cursor must not stay on a block it
+            # has given back (the kernel refills it first, and the older ones are never read).
             self._next_block = (self._next_block + 1) % n
+            yield boff
 
     def _resync(self) -> bool:
         """Our next block is still the kernel's: if another block is ready, the cursor has
