@@ -70,6 +70,39 @@ def test_direct_routing_http() -> None:
         assert "Route" in d.listing()
 
 
+COUNT_REPLIES = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.settimeout(0.2)
+n = int(sys.argv[3])
+for i in range(n):
+    s.sendto(b"d%d" % i, (sys.argv[2], 5353))
+    time.sleep(0.005)
+replies, end = [], time.monotonic() + 2.0
+while time.monotonic() < end:
+    try:
+        replies.append(s.recv(2048).decode())
+    except TimeoutError:
+        pass
+print(len(replies), len(set(replies)))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_direct_routing_forwards_each_datagram_once(workers: int) -> None:
+    # With fanout (two workers) a worker's own transmissions used to come back to the group as
+    # received frames; in DR they still go to the VIP, so each was forwarded again and again.
+    with Lab(dr=True) as lab, director(lab, nat_rules("rr", method="-g"),
+                                       extra=("--workers", str(workers))) as d:
+        out = lab.python("client", COUNT_REPLIES, lab.client_addrs[0], lab.vip, "50", check=True)
+        assert out.stdout.split() == ["50", "50"], out.stdout
+        # the kernel keeps them from the group (the reader's own check is for kernels without
+        # PACKET_FANOUT_FLAG_IGNORE_OUTGOING, which say so in the log)
+        outgoing = d.status()["daemon"]["ports"][lab.director_if_server]["rx_outgoing"]
+        assert outgoing == 0 or "see outgoing frames" in d.log_text()
+
+
 def test_direct_routing_is_refused_by_the_tap_backend() -> None:
     with Lab() as lab, director(lab, nat_rules("rr", udp=False), "tap") as d:
         out = d.ulvsadm("-a", "-t", "10.77.1.100:80", "-r", "10.77.2.20:80", "-g")

@@ -32,7 +32,7 @@ def make_ring(slots: int = 64, batch_max: int = 16) -> PacketRing:
     ring.ifname = "fake0"
     ring.lanes = True
     ring._next_slot = 0
-    ring.holes = ring.rx_stale = ring.rx_other_host = 0
+    ring.holes = ring.rx_stale = ring.rx_other_host = ring.rx_outgoing = 0
     ring._hole_at = -1
     ring._hole_since = 0.0
     return ring
@@ -209,3 +209,12 @@ def test_a_call_stops_after_its_budget_and_the_next_one_goes_on() -> None:
     assert status(ring, 16) == TP_STATUS_USER          # left for the next call
     rest = [f for b in ring._slot_batches(1000) for f in frames(b)]
     assert rest == [s.to_bytes(1, "big") * 60 for s in range(16, 40)]
+
+
+def test_frames_this_host_sent_are_given_back_unread_and_counted() -> None:
+    ring = make_ring(slots=64, batch_max=16)
+    fill(ring, 0, b"a" * 60)
+    fill(ring, 1, b"o" * 60, pkttype=4)         # PACKET_OUTGOING: a fanout group's echo
+    fill(ring, 2, b"c" * 60)
+    assert [f for b in ring._slot_batches() for f in frames(b)] == [b"a" * 60, b"c" * 60]
+    assert ring.rx_outgoing == 1 and ring.rx_other_host == 0

@@ -281,7 +281,7 @@ def test_counters_report_the_transmit_paths() -> None:
     r.lanes = False
     r.rx = Rx()                                               # type: ignore[assignment]
     r._rx_stats = [0, 0, 0]
-    r.rx_stale = r.rx_resyncs = r.holes = r.rx_other_host = 0
+    r.rx_stale = r.rx_resyncs = r.holes = r.rx_other_host = r.rx_outgoing = 0
     r.map = bytearray(r.cfg.block_size * r.cfg.block_count)  # type: ignore[assignment]
     r.map[2 * r.cfg.block_size + 8] = 1                       # block 2 handed over, unread
     got = r.counters()

@@ -54,7 +54,7 @@ def make_ring(blocks: int = BLOCKS, stale_after: float = 0.1) -> PacketRing:
     ring._next_block = 0
     ring.rx_resyncs = 0
     ring.rx_stale = 0
-    ring.rx_other_host = 0
+    ring.rx_other_host = ring.rx_outgoing = 0
     return ring
 
 
@@ -287,6 +287,7 @@ def counters_ring(lanes: bool, rx: Any) -> PacketRing:
     ring.rx_stale = 4
     ring.rx_resyncs = 2
     ring.rx_other_host = 5
+    ring.rx_outgoing = 6
     ring.holes = 1
     ring.tx_ring_frames = 9
     ring.tx_fallback = 3
@@ -306,9 +307,8 @@ def test_counters_accumulate_packet_statistics_v3() -> None:
     first = ring.counters()
     assert first["rx_packets"] == 8 and first["rx_ring_drops"] == 2 and first["rx_freezes"] == 1
     assert ring.counters() == {"rx_packets": 12, "rx_ring_drops": 3, "rx_freezes": 1, "rx_ready": 1,
-                               "rx_stale": 4,
-                               "rx_resyncs": 2, "rx_other_host": 5, "rx_holes": 1, "tx_ring": 9,
-                               "tx_send": 3}
+                               "rx_stale": 4, "rx_resyncs": 2, "rx_other_host": 5, "rx_outgoing": 6,
+                               "rx_holes": 1, "tx_ring": 9, "tx_send": 3}
     assert rx.calls == [(SOL_PACKET, PACKET_STATISTICS, 12)] * 2
 
 
@@ -355,3 +355,14 @@ def test_after_a_budget_stop_the_next_call_goes_on_from_the_next_block(clock: li
     fill_block(ring, 0, [payload(4, 0)], seq=5)
     assert [delivered(ring) for _ in range(4)] == [[[payload(k, 0)]] for k in (1, 2, 3, 4)]
     assert ring.rx_resyncs == 0
+
+
+@pytest.mark.parametrize(("pkttype", "counter"), [(afpacket.PACKET_OTHERHOST, "rx_other_host"),
+                                                  (4, "rx_outgoing"), (5, "rx_outgoing")])
+def test_frames_not_for_us_are_skipped_by_their_packet_type(
+        clock: list[float], pkttype: int, counter: str) -> None:
+    ring = make_ring()
+    fill_block(ring, 0, [payload(0, 0), payload(0, 1)], seq=1)
+    ring.map[align16(BLOCK_HDR) + afpacket.PKTTYPE_V3] = pkttype
+    assert delivered(ring) == [[payload(0, 1)]]
+    assert getattr(ring, counter) == 1

@@ -97,7 +97,7 @@ _TXHDR = struct.Struct("=II")   # tpacket2_hdr.tp_status, tp_len
 # struct sockaddr_ll follows tpacket3_hdr (48 bytes, TPACKET_ALIGNed); sll_pkttype is its byte 10.
 PKTTYPE_V3 = 48 + 10
 PKTTYPE_V2 = 32 + 10            # ... and tpacket2_hdr (32 bytes)
-PACKET_OTHERHOST = 3
+PACKET_OTHERHOST = 3             # sll_pkttype; 4 and up: outgoing, loopback, user, kernel
 _LOW = 0 if sys.byteorder == "little" else 3  # the byte of tp_status that holds the flags
 # struct virtio_net_hdr (host order): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET = struct.Struct("=BBHHHH")
@@ -178,6 +178,7 @@ class PacketRing:
         self.cfg = cfg
         self.lanes = cfg.mode == "lanes"
         self.big: socket.socket | None = None
+        self.fanout_ignores_outgoing = True   # without fanout the socket's own option does it
         self.epoll: select.epoll | None = None
         # Protocol 0 until bind: a socket opened with ETH_P_ALL would start queueing frames of
         # every interface before it is bound to this one.
@@ -204,7 +205,7 @@ class PacketRing:
             if fanout_group is not None:
                 # Workers join in index order (the daemon starts them one at a time), so member
                 # k of the small-lane group and of the big-lane group is the same worker.
-                fanout.join(self.rx, fanout_group)
+                self.fanout_ignores_outgoing = fanout.join(self.rx, fanout_group)
                 if self.big is not None:
                     fanout.join(self.big, fanout_group ^ 0x8000)
             self.map = mmap.mmap(self.rx.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -250,7 +251,8 @@ class PacketRing:
         self._tx_pending = 0        # slots filled since the last flush
         self.tx_fallback = 0        # frames sent with send() because the ring was full or they were long
         self.tx_ring_frames = 0     # frames sent through the transmit ring
-        self.rx_other_host = 0      # frames for another host's MAC, not forwarded (v3)
+        self.rx_other_host = 0      # frames for another host's MAC, not forwarded
+        self.rx_outgoing = 0        # frames this host sent, handed back by a fanout group
         self.rx_resyncs = 0         # times the block cursor was found out of step (see _resync)
         self.rx_stale = 0           # frames of stale blocks dropped unread (see _drop_block)
         self._rx_stats = [0, 0, 0]  # PACKET_STATISTICS, accumulated (the kernel resets them on read)
@@ -379,8 +381,11 @@ class PacketRing:
                 if sec <= cut_sec and (sec < cut_sec or nsec < cut_nsec):
                     self.rx_stale += 1
                     continue
-                if m[soff + PKTTYPE_V2] == PACKET_OTHERHOST:
-                    self.rx_other_host += 1     # see frames()
+                if m[soff + PKTTYPE_V2] >= PACKET_OTHERHOST:      # see frames()
+                    if m[soff + PKTTYPE_V2] == PACKET_OTHERHOST:
+                        self.rx_other_host += 1
+                    else:
+                        self.rx_outgoing += 1
                     continue
                 start = soff + mac
                 offs.append(start)
@@ -454,12 +459,18 @@ class PacketRing:
             n = 0
             for buf in bufs:
                 try:
-                    got = sock.recv_into(buf)
+                    got, addr = sock.recvfrom_into(buf)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
                     break        # e.g. the interface went away: the daemon notices on its own
                 if got <= VNET_LEN:
+                    continue
+                if addr[2] >= PACKET_OTHERHOST:      # (ifname, proto, pkttype, hatype, addr)
+                    if addr[2] == PACKET_OTHERHOST:
+                        self.rx_other_host += 1
+                    else:
+                        self.rx_outgoing += 1
                     continue
                 b.bufs.append(buf)
                 b.offs.append(VNET_LEN)
@@ -489,11 +500,15 @@ class PacketRing:
         n = 0
         for _ in range(num):
             nxt, _s, _ns, snaplen, length, _st, mac, _net = unpack(m, pos)
-            if m[pos + PKTTYPE_V3] == PACKET_OTHERHOST:
+            if m[pos + PKTTYPE_V3] >= PACKET_OTHERHOST:
                 # Flooded to us (a bridge that has not learnt the MAC, a promiscuous port):
                 # another host's frame.  Forwarding it too would duplicate traffic, e.g. the
-                # backup of a director pair copying what the master forwards.
-                self.rx_other_host += 1
+                # backup of a director pair copying what the master forwards.  Or one sent from
+                # this host, which a fanout group without IGNORE_OUTGOING hands back to us.
+                if m[pos + PKTTYPE_V3] == PACKET_OTHERHOST:
+                    self.rx_other_host += 1
+                else:
+                    self.rx_outgoing += 1
                 pos += nxt
                 continue
             n += 1
@@ -576,7 +591,8 @@ class PacketRing:
         return {"rx_packets": packets - drops, "rx_ring_drops": drops, "rx_freezes": freezes,
                 "rx_ready": ready,
                 "rx_stale": self.rx_stale, "rx_resyncs": self.rx_resyncs,
-                "rx_other_host": self.rx_other_host, "rx_holes": self.holes,
+                "rx_other_host": self.rx_other_host, "rx_outgoing": self.rx_outgoing,
+                "rx_holes": self.holes,
                 "tx_ring": self.tx_ring_frames, "tx_send": self.tx_fallback}
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ Only those frames are affected.
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 from collections.abc import Iterable
 
@@ -26,6 +27,7 @@ PACKET_FANOUT = 18
 PACKET_FANOUT_DATA = 22
 PACKET_FANOUT_CBPF = 6
 PACKET_FANOUT_FLAG_ROLLOVER = 0x1000
+PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000
 
 SKF_AD_OFF = -0x1000
 SKF_AD_PROTOCOL = 0
@@ -87,9 +89,23 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def join(sock: socket.socket, group: int) -> None:
-    """Join fanout group ``group`` (16 bits) in CBPF mode; set a program with ``set_program``."""
-    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, (group & 0xFFFF) | (PACKET_FANOUT_CBPF << 16))
+def join(sock: socket.socket, group: int) -> bool:
+    """Join fanout group ``group`` (16 bits) in CBPF mode; set a program with ``set_program``.
+
+    A fanout group receives through a hook of its own, and the members' PACKET_IGNORE_OUTGOING
+    does not apply to it: without PACKET_FANOUT_FLAG_IGNORE_OUTGOING every frame a worker sends
+    comes back to the group as received -- in direct routing (the frame still goes to the VIP)
+    it was forwarded again and again, in NAT it cost a lookup.  Returns whether the kernel took
+    the flag (Linux 5.19 and later); without it the ring reader skips outgoing frames itself."""
+    base = (group & 0xFFFF) | (PACKET_FANOUT_CBPF << 16)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, base | (PACKET_FANOUT_FLAG_IGNORE_OUTGOING << 16))
+        return True
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, base)
+    return False
 
 
 def set_program(sock: socket.socket, program: list[Insn]) -> None:

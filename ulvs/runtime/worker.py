@@ -47,6 +47,9 @@ class Worker:
             ifindex = socket.if_nametoindex(name)
             ring = PacketRing(name, RingConfig(mode=rx_ring, tx_slot_count=tx_ring),
                               fanout_group=fanout_group(group_base, ifindex))
+            if not ring.fanout_ignores_outgoing and index == 0:
+                log.info("%s: this kernel's fanout groups see outgoing frames; the ring readers "
+                         "skip them (rx_outgoing)", name)
             self.ports[ring.ifindex] = ring
         self._timer: asyncio.TimerHandle | None = None
 
