@@ -73,20 +73,19 @@ def send(core: Core, frame: bytes, ifin: int, now: float) -> Verdict:
     return v
 
 
-def client(core: Core, f: Flow, now: float, tally: Tally | None = None, **seg: Any) -> Verdict:
-    frame = f.client_in(**seg)
-    v = send(core, frame, IF_C, now)
+def _through(core: Core, frame: bytes, out: bool, now: float, tally: Tally | None) -> Verdict:
+    v = send(core, frame, IF_S if out else IF_C, now)
     if tally is not None and v == Verdict.FORWARD:
-        tally.add(frame, out=False)
+        tally.add(frame, out=out)
     return v
+
+
+def client(core: Core, f: Flow, now: float, tally: Tally | None = None, **seg: Any) -> Verdict:
+    return _through(core, f.client_in(**seg), False, now, tally)
 
 
 def server(core: Core, f: Flow, now: float, tally: Tally | None = None, **seg: Any) -> Verdict:
-    frame = f.server_in(**seg)
-    v = send(core, frame, IF_S, now)
-    if tally is not None and v == Verdict.FORWARD:
-        tally.add(frame, out=True)
-    return v
+    return _through(core, f.server_in(**seg), True, now, tally)
 
 
 def bound(core: Core, f: Flow, now: float) -> Flow:

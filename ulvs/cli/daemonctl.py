@@ -129,7 +129,8 @@ def render_explanation(e: JsonObj) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Uptime as ``ulvs status`` and ``ulvs top`` show it: 1d2h3m4s."""
     s = int(seconds)
     d, s = divmod(s, 86400)
     h, s = divmod(s, 3600)
@@ -154,7 +155,7 @@ def render_status(st: JsonObj, *, color: bool = False, width: int = 160) -> str:
     facts.add_column()
     if d:
         workers = d["workers"]
-        facts.add_row("daemon", f"ulvs {d['version']}, pid {d['pid']}, up {_duration(d['uptime'])}, "
+        facts.add_row("daemon", f"ulvs {d['version']}, pid {d['pid']}, up {duration(d['uptime'])}, "
                                 f"{d['backend']} backend, {workers} worker{'s' if workers != 1 else ''}"
                       + (f" (pids {', '.join(map(str, d['worker_pids']))})" if d.get("worker_pids") else ""))
         facts.add_row("interfaces", ", ".join(d["interfaces"]) or "-")

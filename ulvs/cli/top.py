@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ulvs.cli.daemonctl import duration
 from ulvs.cli.ulvsadm import DEFAULT_SOCKET, SOCKET_ENV, ControlClient, ControlError
 
 JsonObj = dict[str, Any]
@@ -100,21 +101,13 @@ def si(value: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    return (f"{d}d" if d else "") + (f"{h}h" if d or h else "") + (f"{m}m" if d or h or m else "") + f"{s}s"
-
-
 def _header(cur: JsonObj, prev: JsonObj, elapsed: float) -> list[str]:
     lines = []
     d = cur.get("daemon") or {}
     if d:
         workers = d.get("workers", 1)
         lines.append(f"ulvs {d.get('version', '?')}, pid {d.get('pid', '?')}, "
-                     f"up {_duration(d.get('uptime', 0))}, {d.get('backend', '?')} backend, "
+                     f"up {duration(d.get('uptime', 0))}, {d.get('backend', '?')} backend, "
                      f"{workers} worker{'s' if workers != 1 else ''}")
     table = cur.get("conn_table") or {}
     count, limit = table.get("count", 0), table.get("limit", 0)
