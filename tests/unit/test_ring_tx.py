@@ -25,6 +25,7 @@ from ulvs.io.afpacket import (
     PacketRing,
     RingConfig,
 )
+from ulvs.io.base import Batch
 
 SLOT = 256
 SLOTS = 4
@@ -287,3 +288,50 @@ def test_counters_report_the_transmit_paths() -> None:
     got = r.counters()
     assert (got["tx_ring"], got["tx_send"]) == (3, 1)
     assert got["rx_ready"] == 1
+
+
+def forwarded_batch(sizes: list[int], verdicts: list[int], egress: list[int]) -> Batch:
+    """Received frames one after another in one buffer, as a batch the core has decided."""
+    b = Batch()
+    for i, size in enumerate(sizes):
+        buf, vnet_off, off, n = rx_frame(frame(i + 1, size), VNET_F_NEEDS_CSUM if i % 3 else 0)
+        b.bufs.append(buf)
+        b.vnet.append(vnet_off)
+        b.offs.append(off)
+        b.lens.append(n)
+    b.count = len(sizes)
+    return b
+
+
+@pytest.mark.parametrize("ring", [True, False])
+@pytest.mark.parametrize("busy_slot", [None, 1, 3])
+def test_transmit_forwarded_sends_what_transmit_would_frame_by_frame(ring: bool,
+                                                                     busy_slot: int | None) -> None:
+    # verdict 1 and egress 5: ours; other egress: another port's; verdict 0/2: dropped, passed
+    sizes = [60, 70, 64000, 80, 90, 100, 1500, 61, 62]
+    verdicts = bytearray([1, 1, 1, 0, 1, 2, 1, 1, 1])
+    egress = [5, 5, 5, 5, 9, 5, 5, 5, 5]
+    got = {}
+    for how in ("each", "batch"):
+        r, log = make_ring(slots=SLOTS, ring=ring)
+        r.ifindex = 5
+        if ring and busy_slot is not None:
+            struct.pack_into("=II", mem(r), busy_slot * SLOT, TP_STATUS_SENDING, 99)
+        b = forwarded_batch(sizes, verdicts, egress)
+        if how == "each":
+            for j in range(b.count):
+                if verdicts[j] == 1 and egress[j] == 5:
+                    r.transmit(b.bufs[j], b.vnet[j], b.offs[j], b.lens[j])
+        else:
+            r.transmit_forwarded(b, verdicts, egress, b.count)
+        r.flush()
+        got[how] = (log, bytes(mem(r)) if ring else None, r._tx_slot, r._tx_pending,
+                    r.tx_ring_frames, r.tx_fallback)
+    assert got["batch"] == got["each"]
+    log = got["batch"][0]
+    sent = [data for name, data, _ in log if name == "tx"]
+    if not ring:    # every frame of ours, in batch order, on the plain socket
+        assert sent == [wire(frame(j + 1, sizes[j]), VNET_F_NEEDS_CSUM if j % 3 else 0)
+                        for j in (0, 1, 2, 6, 7, 8)]
+    else:           # the super-packet and the 1,500-byte frame never fit a 256-byte slot
+        assert wire(frame(3, 64000), VNET_F_NEEDS_CSUM) in sent

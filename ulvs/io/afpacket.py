@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ulvs.io import fanout
-from ulvs.io.base import Batch
+from ulvs.io.base import Batch, transmit_each
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -86,8 +86,10 @@ _BLOCK = struct.Struct("=IIIII")
 # ... and at offset 40 the block's ts_last_pkt: seconds, nanoseconds.
 _BLOCK_TS = struct.Struct("=II")
 _SEQ = struct.Struct("=Q")      # tpacket_hdr_v1.seq_num, at offset 24
-# struct tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac, net.
-_PKT = struct.Struct("=IIIIIIHH")
+# What the reader takes of a struct tpacket3_hdr (next_offset, sec, nsec, snaplen, len, status,
+# mac, net, ...): next_offset, snaplen and mac, then the sll_pkttype of the sockaddr_ll after it
+# (PKTTYPE_V3) -- no timestamps, so no large ints to allocate.
+_PKT_READ = struct.Struct("=I8xI8xH32xB")
 # struct tpacket_req (V2): block size, block count, frame size, frame count.
 _REQ = struct.Struct("=IIII")
 # struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec (then vlan fields, unread).
@@ -488,25 +490,24 @@ class PacketRing:
         _v, _p, _status, num, first = _BLOCK.unpack_from(m, boff)
         b = self.batch
         b.clear()
-        offs, lens, vnet, partial = b.offs, b.lens, b.vnet, b.partial
+        add_off, add_len, add_vnet, add_partial = b.offs.append, b.lens.append, b.vnet.append, b.partial.append
         pos = boff + first
-        unpack = _PKT.unpack_from
-        n = 0
+        unpack = _PKT_READ.unpack_from
         for _ in range(num):
-            nxt, _s, _ns, snaplen, length, _st, mac, _net = unpack(m, pos)
-            if m[pos + PKTTYPE_V3] >= PACKET_OTHERHOST:
-                self._not_ours(m[pos + PKTTYPE_V3])
+            nxt, snaplen, mac, pkttype = unpack(m, pos)    # small ints: nothing allocated
+            if pkttype >= PACKET_OTHERHOST:
+                self._not_ours(pkttype)
                 pos += nxt
                 continue
-            n += 1
             start = pos + mac
-            offs.append(start)
+            add_off(start)
             # A frame cut short by the ring (snaplen < len) is handed over as it is: the core
             # sees the truncated bytes and drops it by reason.
-            lens.append(snaplen)
-            vnet.append(start - VNET_LEN)
-            partial.append(m[start - VNET_LEN] & VNET_F_NEEDS_CSUM)
+            add_len(snaplen)
+            add_vnet(start - VNET_LEN)
+            add_partial(m[start - VNET_LEN] & VNET_F_NEEDS_CSUM)
             pos += nxt
+        n = len(b.offs)
         b.bufs.extend([m] * n)
         b.ifins.extend([self.ifindex] * n)
         b.count = n
@@ -551,6 +552,47 @@ class PacketRing:
             self.tx.send(memoryview(buf)[vnet_off:off + length])
         except OSError:
             pass  # a full queue or a vanished peer loses this frame, as a NIC would
+
+    def transmit_forwarded(self, b: Batch, verdicts: Any, egress: Any, n: int) -> None:
+        """``transmit`` every frame of ``b`` that the core forwarded (verdict 1) out of this
+        port, in batch order: the per-packet loop, with the ring's state held in locals."""
+        tv = self.txview
+        me = self.ifindex
+        bufs, offs, lens, vnet = b.bufs, b.offs, b.lens, b.vnet
+        if tv is None:
+            transmit_each(self, b, verdicts, egress, n)
+            return
+        m = self.txmap
+        size, count = self.cfg.tx_slot_size, self.cfg.tx_slot_count
+        room = size - TX_DATA
+        pack = _TXHDR.pack_into
+        slot = self._tx_slot
+        queued = 0
+        for j in range(n):
+            if verdicts[j] != 1 or egress[j] != me:
+                continue
+            vo = vnet[j]
+            end = offs[j] + lens[j]
+            total = end - vo
+            soff = slot * size
+            if total > room or m[soff + _LOW]:  # type: ignore[index]  # long, or in flight
+                self._tx_slot = slot
+                self._tx_pending += queued
+                self.tx_ring_frames += queued
+                queued = 0
+                self.transmit(bufs[j], vo, offs[j], lens[j])      # flushes, then send()
+                slot = self._tx_slot
+                continue
+            d = soff + TX_DATA
+            tv[d:d + total] = bufs[j][vo:end]
+            pack(tv, soff, TP_STATUS_SEND_REQUEST, total)
+            slot += 1
+            if slot == count:
+                slot = 0
+            queued += 1
+        self._tx_slot = slot
+        self._tx_pending += queued
+        self.tx_ring_frames += queued
 
     def flush(self) -> None:
         """Hand the queued transmit slots to the kernel (one system call)."""
@@ -619,11 +661,6 @@ def _block_time(m: Any, boff: int) -> float:
 def _read_sys(ifname: str, attr: str) -> str:
     with open(f"/sys/class/net/{ifname}/{attr}") as f:
         return f.read().strip()
-
-
-def set_fanout(sock: socket.socket, group: int, mode: int) -> None:
-    """Join a PACKET_FANOUT group (multi-worker, later)."""
-    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, group | (mode << 16))
 
 
 def has_capability(cap: int) -> bool:

@@ -50,6 +50,9 @@ class Port(Protocol):
     def transmit(self, buf: Any, vnet_off: int, off: int, length: int) -> None:
         """Send a frame (with the virtio_net_hdr in front of it at ``vnet_off``)."""
 
+    def transmit_forwarded(self, b: Batch, verdicts: Any, egress: Any, n: int) -> None:
+        """``transmit`` each frame of ``b`` with verdict 1 and egress this port, in order."""
+
     def flush(self) -> None:
         """Send what ``transmit`` queued (a backend may queue frames until a batch ends)."""
 
@@ -57,3 +60,11 @@ class Port(Protocol):
         """Send a frame the daemon built (no offloads)."""
 
     def close(self) -> None: ...
+
+
+def transmit_each(port: Port, b: Batch, verdicts: Any, egress: Any, n: int) -> None:
+    """``Port.transmit_forwarded`` by one ``transmit`` call per frame."""
+    me = port.ifindex
+    for j in range(n):
+        if verdicts[j] == 1 and egress[j] == me:
+            port.transmit(b.bufs[j], b.vnet[j], b.offs[j], b.lens[j])

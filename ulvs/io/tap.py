@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ulvs.io.base import Batch
+from ulvs.io.base import Batch, transmit_each
 from ulvs.packet.layouts import ARP, ETH, ETH_P_ARP
 
 TUNSETOFFLOAD = 0x400454D0
@@ -106,6 +106,9 @@ class TapPort:
             os.write(self._fd, memoryview(buf)[vnet_off:off + length])
         except OSError:
             pass  # the kernel refused or the queue is full: the frame is lost, as on a wire
+
+    def transmit_forwarded(self, b: Batch, verdicts: Any, egress: Any, n: int) -> None:
+        transmit_each(self, b, verdicts, egress, n)
 
     def flush(self) -> None:
         pass  # every frame is written at once

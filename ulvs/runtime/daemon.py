@@ -529,29 +529,26 @@ class Daemon:
         now = time.monotonic()
         for b in port.batches():
             n = b.count
-            bufs, offs, lens, vnet = b.bufs, b.offs, b.lens, b.vnet
+            bufs, offs, lens = b.bufs, b.offs, b.lens
             core.process_batch(bufs, offs, lens, b.ifins, n, now, b.partial)
             verdicts, egress = core.verdicts, core.egress
-            for j in range(n):
-                v = verdicts[j]
-                if v == 1:
-                    out = ports.get(egress[j])
-                    if out is not None:
-                        out.transmit(bufs[j], vnet[j], offs[j], lens[j])
-                elif v == 2:
-                    buf, off = bufs[j], offs[j]
-                    if buf[off + 12] == 0x08 and buf[off + 13] == 0x06:
-                        if tap is not None and port is tap:
-                            tap.answer_arp(buf, off, lens[j])
-                        else:
-                            arp = memoryview(buf)[off:off + lens[j]]
-                            if resolver is not None:
-                                resolver.learn(arp, port.ifindex)
-                            self._answer_vip_arp(port, arp)
-                    # Anything else passed on a ring is already the kernel's; on the TAP it
-                    # was routed to us and is not ours: it ends here.
-            for out in ports.values():
-                out.flush()
+            for each in ports.values():
+                each.transmit_forwarded(b, verdicts, egress, n)
+                each.flush()
+            j = verdicts.find(2, 0, n)
+            while j >= 0:     # passed: ARP is ours to learn from and answer
+                buf, off = bufs[j], offs[j]
+                if buf[off + 12] == 0x08 and buf[off + 13] == 0x06:
+                    if tap is not None and port is tap:
+                        tap.answer_arp(buf, off, lens[j])
+                    else:
+                        arp = memoryview(buf)[off:off + lens[j]]
+                        if resolver is not None:
+                            resolver.learn(arp, port.ifindex)
+                        self._answer_vip_arp(port, arp)
+                # Anything else passed on a ring is already the kernel's; on the TAP it was
+                # routed to us and is not ours: it ends here.
+                j = verdicts.find(2, j + 1, n)
         if core.emitted:
             for frame, eg in core.emitted:
                 out = ports.get(eg)

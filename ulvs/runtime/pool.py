@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ulvs.io.base import Batch
+from ulvs.io.base import Batch, transmit_each
 
 ETH_P_ARP = 0x0806
 
@@ -115,6 +115,9 @@ class ArpPort:
 
     def transmit(self, buf: Any, vnet_off: int, off: int, length: int) -> None:
         self.send_frame(bytes(memoryview(buf)[off:off + length]))
+
+    def transmit_forwarded(self, b: Batch, verdicts: Any, egress: Any, n: int) -> None:
+        transmit_each(self, b, verdicts, egress, n)
 
     def flush(self) -> None:
         pass  # every frame is written at once

@@ -91,16 +91,11 @@ class Worker:
         now = time.monotonic()
         for b in port.batches():
             n = b.count
-            bufs, offs, lens, vnet = b.bufs, b.offs, b.lens, b.vnet
-            core.process_batch(bufs, offs, lens, b.ifins, n, now, b.partial)
+            core.process_batch(b.bufs, b.offs, b.lens, b.ifins, n, now, b.partial)
             verdicts, egress = core.verdicts, core.egress
-            for j in range(n):
-                if verdicts[j] == 1:
-                    out = ports.get(egress[j])
-                    if out is not None:
-                        out.transmit(bufs[j], vnet[j], offs[j], lens[j])
-            for out in ports.values():
-                out.flush()
+            for each in ports.values():
+                each.transmit_forwarded(b, verdicts, egress, n)
+                each.flush()
         if core.emitted:
             for frame, eg in core.emitted:
                 out = ports.get(eg)
