@@ -10,6 +10,10 @@ repetitions.
   nat_in_ns / nat_out_ns  the two directions alone
   dr_ns_per_pkt         established direct-routing flows (MAC rewrite only)
   udp_nat_ns_per_pkt    established UDP NAT flows, client->VIP
+  ring_dr_ns_per_pkt    established direct-routing flows through the daemon's whole loop: the
+                        TPACKET_V3 block reader, the core and the transmit ring (ulvs.io.afpacket
+                        over plain memory: the kernel's receive and send are not in it)
+  ring_nat_ns_per_pkt   the same for NAT flows, client->VIP
   new_conn_ns           a SYN for a new flow: parse, rr schedule, conn insert, rewrite
   conn_bytes_per_entry  RSS growth per NAT connection with 1,000,000 in the table (a NAT
                         connection is found from both directions: two hash entries, two keys)
@@ -35,6 +39,8 @@ import time
 from collections.abc import Callable
 
 from ulvs.core import Core, DestConfig, FwdMethod, Proto, ServiceConfig
+from ulvs.io.afpacket import PacketRing, RingConfig
+from ulvs.io.base import Batch
 from ulvs.packet import builder
 
 CMAC, DMAC = "02:00:00:00:01:01", "02:00:00:00:01:fe"
@@ -137,6 +143,92 @@ def bench_established(method: FwdMethod, proto: Proto, direction: str, reps: int
     return statistics.median(time_batches(core, ring, ifins, batches) for _ in range(reps))
 
 
+# --- the ring loop: the afpacket reader and sender around the core, the kernel left out ---------
+
+V3_FIRST = 48        # sizeof(struct tpacket_block_desc): the first frame's header follows it
+V3_MAC = 92          # a frame's offset in its tpacket3 slot (header, sockaddr_ll, vnet header)
+_V3_DESC = struct.Struct("=IIIII")         # version, offset_to_priv, block_status, num_pkts, first
+_V3_PKT = struct.Struct("=IIIIIIHH")       # next_offset, sec, nsec, snaplen, len, status, mac, net
+
+
+class _Unsent:
+    """The transmit ring's socket: what the kernel does with a send is not this figure's."""
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        return 0
+
+
+def ring_ports(frames: list[bytes]) -> tuple[PacketRing, PacketRing, Callable[[], None]]:
+    """Two afpacket ports over plain memory, as tests/unit/test_ring_*.py build them: ``rx``
+    (ifindex 1) with ``frames`` in one TPACKET_V3 block handed to userspace, ``out`` (ifindex
+    2) with a transmit ring; and the function that puts both back as they were."""
+    size = V3_FIRST + sum((V3_MAC + len(f) + 15) & ~15 for f in frames)
+    cfg = RingConfig(block_size=1 << (size - 1).bit_length(), block_count=1, tx_slot_count=2 * BATCH)
+    ports = []
+    for ifindex in (1, 2):
+        r = PacketRing.__new__(PacketRing)
+        r.cfg, r.ifindex, r.lanes, r.batch = cfg, ifindex, False, Batch()
+        r.map = bytearray(cfg.block_size)                # type: ignore[assignment]
+        r._next_block = r.rx_resyncs = r.rx_stale = r.rx_other_host = r.rx_outgoing = 0
+        txmap = bytearray(cfg.tx_slot_size * cfg.tx_slot_count)
+        r.txmap = txmap                                  # type: ignore[assignment]
+        r.txview = memoryview(txmap)
+        r.txr = r.tx = _Unsent()                         # type: ignore[assignment]
+        r._tx_slot = r._tx_pending = r.tx_fallback = r.tx_ring_frames = 0
+        ports.append(r)
+    rx, out = ports
+    m = rx.map
+    pos = V3_FIRST
+    for k, f in enumerate(frames):     # what tpacket_rcv writes (vnet header: zeros)
+        step = (V3_MAC + len(f) + 15) & ~15
+        _V3_PKT.pack_into(m, pos, 0 if k == len(frames) - 1 else step, 0, 0, len(f), len(f), 1,
+                          V3_MAC, V3_MAC + 14)
+        m[pos + V3_MAC:pos + V3_MAC + len(f)] = f
+        pos += step
+    _V3_DESC.pack_into(m, 0, 1, V3_FIRST, 1, len(frames), V3_FIRST)  # handed over (TP_STATUS_USER)
+    pristine = bytes(m[:pos])
+    slots = out.txview[0::cfg.tx_slot_size]      # type: ignore[index]  # each slot's status byte
+    free = bytes(cfg.tx_slot_count)
+
+    def reset() -> None:
+        m[:pos] = pristine
+        rx._next_block = 0
+        slots[:] = free                # the kernel has sent every slot
+        out._tx_slot = 0
+    return rx, out, reset
+
+
+def bench_ring(method: FwdMethod, reps: int, batches: int) -> float:
+    """ns per packet through the daemon's loop (PacketRing.batches, Core.process_batch,
+    PacketRing.transmit_forwarded and flush on every port) for established flows, client to
+    dest; the block restore is not timed."""
+    core = make_core(method)
+    frames = [builder.tcp_frame(CMAC, DMAC, caddr, VIP, cport, 80, 0x10, b"x" * 10)
+              for caddr, cport, _d in establish(core, BATCH, Proto.TCP)]
+    rx, out, reset = ring_ports(frames)
+    ports = (rx, out)
+
+    def once() -> int:
+        reset()
+        t0 = time.perf_counter_ns()
+        for b in rx.batches():
+            n = b.count
+            core.process_batch(b.bufs, b.offs, b.lens, b.ifins, n, 1.0, b.partial)
+            for port in ports:
+                port.transmit_forwarded(b, core.verdicts, core.egress, n)
+                port.flush()
+        return time.perf_counter_ns() - t0
+
+    results = []
+    for _ in range(reps):
+        sent = out.tx_ring_frames
+        total = sum(once() for _ in range(batches))
+        if out.tx_ring_frames - sent != batches * BATCH:
+            raise SystemExit("benchmark frames were not all sent: the setup is wrong")
+        results.append(total / (batches * BATCH))
+    return statistics.median(results)
+
+
 def bench_new_conn(reps: int, batches: int) -> float:
     results = []
     for _ in range(reps):
@@ -226,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         progress(f"{name} ...")
         res[name] = round(bench_established(method, proto, direction, reps, batches), 1)
+    for name, method in (("ring_dr_ns_per_pkt", FwdMethod.DROUTE), ("ring_nat_ns_per_pkt", FwdMethod.MASQ)):
+        progress(f"{name} ...")
+        res[name] = round(bench_ring(method, reps, batches), 1)
     progress("new_conn_ns ...")
     res["new_conn_ns"] = round(bench_new_conn(reps, 5 if args.quick else 20), 1)
     progress(f"conn_bytes_per_entry ({entries:,} connections) ...")
