@@ -296,7 +296,7 @@ def forwarded_batch(sizes: list[int], verdicts: list[int], egress: list[int]) ->
     for i, size in enumerate(sizes):
         buf, vnet_off, off, n = rx_frame(frame(i + 1, size), VNET_F_NEEDS_CSUM if i % 3 else 0)
         b.bufs.append(buf)
-        b.vnet.append(vnet_off)
+        assert vnet_off == off - VNET_LEN
         b.offs.append(off)
         b.lens.append(n)
     b.count = len(sizes)
@@ -321,7 +321,7 @@ def test_transmit_forwarded_sends_what_transmit_would_frame_by_frame(ring: bool,
         if how == "each":
             for j in range(b.count):
                 if verdicts[j] == 1 and egress[j] == 5:
-                    r.transmit(b.bufs[j], b.vnet[j], b.offs[j], b.lens[j])
+                    r.transmit(b.bufs[j], b.offs[j] - VNET_LEN, b.offs[j], b.lens[j])
         else:
             r.transmit_forwarded(b, verdicts, egress, b.count)
         r.flush()

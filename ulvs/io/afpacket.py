@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ulvs.io import fanout
-from ulvs.io.base import Batch, transmit_each
+from ulvs.io.base import VNET_LEN, Batch, transmit_each
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -103,7 +103,7 @@ PACKET_OTHERHOST = 3             # sll_pkttype; 4 and up: outgoing, loopback, us
 _LOW = 0 if sys.byteorder == "little" else 3  # the byte of tp_status that holds the flags
 # struct virtio_net_hdr (host order): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET = struct.Struct("=BBHHHH")
-VNET_LEN = VNET.size
+assert VNET.size == VNET_LEN
 VNET_F_NEEDS_CSUM = 1
 VNET_GSO_NONE = 0
 _U16 = struct.Struct("!H")
@@ -368,7 +368,7 @@ class PacketRing:
         cut_nsec = int((cut - cut_sec) * 1e9)
         while True:
             b.clear()
-            offs, lens, vnet, partial = b.offs, b.lens, b.vnet, b.partial
+            offs, lens, partial = b.offs, b.lens, b.partial
             first = slot = self._next_slot
             taken = n = 0
             while taken < most:
@@ -389,7 +389,6 @@ class PacketRing:
                 start = soff + mac
                 offs.append(start)
                 lens.append(snaplen)     # cut short by the slot: the core drops it by reason
-                vnet.append(start - VNET_LEN)
                 partial.append(m[start - VNET_LEN] & VNET_F_NEEDS_CSUM)
                 n += 1
             if not taken:
@@ -471,7 +470,6 @@ class PacketRing:
                 b.bufs.append(buf)
                 b.offs.append(VNET_LEN)
                 b.lens.append(got - VNET_LEN)
-                b.vnet.append(0)
                 b.partial.append(buf[0] & VNET_F_NEEDS_CSUM)
                 n += 1
             if not n:
@@ -490,7 +488,7 @@ class PacketRing:
         _v, _p, _status, num, first = _BLOCK.unpack_from(m, boff)
         b = self.batch
         b.clear()
-        add_off, add_len, add_vnet, add_partial = b.offs.append, b.lens.append, b.vnet.append, b.partial.append
+        add_off, add_len, add_partial = b.offs.append, b.lens.append, b.partial.append
         pos = boff + first
         unpack = _PKT_READ.unpack_from
         for _ in range(num):
@@ -504,7 +502,6 @@ class PacketRing:
             # A frame cut short by the ring (snaplen < len) is handed over as it is: the core
             # sees the truncated bytes and drops it by reason.
             add_len(snaplen)
-            add_vnet(start - VNET_LEN)
             add_partial(m[start - VNET_LEN] & VNET_F_NEEDS_CSUM)
             pos += nxt
         n = len(b.offs)
@@ -558,7 +555,7 @@ class PacketRing:
         port, in batch order: the per-packet loop, with the ring's state held in locals."""
         tv = self.txview
         me = self.ifindex
-        bufs, offs, lens, vnet = b.bufs, b.offs, b.lens, b.vnet
+        bufs, offs, lens = b.bufs, b.offs, b.lens
         if tv is None:
             transmit_each(self, b, verdicts, egress, n)
             return
@@ -571,8 +568,9 @@ class PacketRing:
         for j in range(n):
             if verdicts[j] != 1 or egress[j] != me:
                 continue
-            vo = vnet[j]
-            end = offs[j] + lens[j]
+            off = offs[j]
+            vo = off - VNET_LEN
+            end = off + lens[j]
             total = end - vo
             soff = slot * size
             if total > room or m[soff + _LOW]:  # type: ignore[index]  # long, or in flight
@@ -580,7 +578,7 @@ class PacketRing:
                 self._tx_pending += queued
                 self.tx_ring_frames += queued
                 queued = 0
-                self.transmit(bufs[j], vo, offs[j], lens[j])      # flushes, then send()
+                self.transmit(bufs[j], vo, off, lens[j])          # flushes, then send()
                 slot = self._tx_slot
                 continue
             d = soff + TX_DATA

@@ -13,16 +13,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+VNET_LEN = 10   # sizeof(struct virtio_net_hdr): PACKET_VNET_HDR and IFF_VNET_HDR put it first
+
 
 @dataclass
 class Batch:
-    """Frames ``bufs[j][offs[j]:offs[j]+lens[j]]``, each preceded by a virtio_net_hdr at
-    ``vnet[j]``; ``partial[j]`` is 1 when its L4 checksum is a CHECKSUM_PARTIAL seed."""
+    """Frames ``bufs[j][offs[j]:offs[j]+lens[j]]``, each right after its virtio_net_hdr (the
+    ``VNET_LEN`` bytes before ``offs[j]``; a port without vnet headers ignores them);
+    ``partial[j]`` is 1 when its L4 checksum is a CHECKSUM_PARTIAL seed."""
 
     bufs: list[Any] = field(default_factory=list)
     offs: list[int] = field(default_factory=list)
     lens: list[int] = field(default_factory=list)
-    vnet: list[int] = field(default_factory=list)
     partial: bytearray = field(default_factory=bytearray)
     ifins: list[int] = field(default_factory=list)
     count: int = 0
@@ -31,7 +33,6 @@ class Batch:
         self.bufs.clear()
         self.offs.clear()
         self.lens.clear()
-        self.vnet.clear()
         self.partial.clear()
         self.ifins.clear()
         self.count = 0
@@ -67,4 +68,4 @@ def transmit_each(port: Port, b: Batch, verdicts: Any, egress: Any, n: int) -> N
     me = port.ifindex
     for j in range(n):
         if verdicts[j] == 1 and egress[j] == me:
-            port.transmit(b.bufs[j], b.vnet[j], b.offs[j], b.lens[j])
+            port.transmit(b.bufs[j], b.offs[j] - VNET_LEN, b.offs[j], b.lens[j])

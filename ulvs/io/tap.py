@@ -23,12 +23,11 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from ulvs.io.base import Batch, transmit_each
+from ulvs.io.base import VNET_LEN, Batch, transmit_each
 from ulvs.packet.layouts import ARP, ETH, ETH_P_ARP
 
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
-VNET_LEN = 10
 VNET_F_NEEDS_CSUM = 1
 FRAME_ROOM = VNET_LEN + 14 + 65535
 USER_MAC = bytes.fromhex("02756c767301")   # "ulvs" + 01: the userspace end of the TAP
@@ -91,7 +90,6 @@ class TapPort:
                 b.bufs.append(buf)
                 b.offs.append(VNET_LEN)
                 b.lens.append(n - VNET_LEN)
-                b.vnet.append(0)
                 b.partial.append(buf[0] & VNET_F_NEEDS_CSUM)
                 b.ifins.append(self.ifindex)
             b.count = len(b.offs)

@@ -106,7 +106,6 @@ class ArpPort:
             b.bufs.append(buf)
             b.offs.append(0)
             b.lens.append(n)
-            b.vnet.append(0)
             b.partial.append(0)
             b.ifins.append(self.ifindex)
         b.count = len(b.offs)
