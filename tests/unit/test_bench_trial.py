@@ -25,3 +25,37 @@ def test_loss_after_the_drain_or_trailing_in_the_window_fails() -> None:
 def test_delivering_more_than_was_offered_fails() -> None:
     # --workers 2 in DR once delivered 188 kpps of 94 offered: not a lossless rate
     assert not Trial(94_000, 94_000, 188_400, -1.0069, -1.7805).ok
+
+
+class ScriptedGenerator(bench_netns.Generator):
+    """A sweep against a director that is lossless below ``limit`` pps in the search and never
+    in a confirmation trial (a machine too noisy to confirm anything)."""
+
+    def __init__(self, limit: float) -> None:       # no lab, no pktgen
+        self.s = bench_netns.Settings.make(quick=False)
+        self.limit = limit
+        self.rates: list[float | None] = []
+        self.confirming = False
+
+    def trial(self, cfg: list[str], rate: float | None) -> bench_netns.Trial:
+        # the first trial at a rate tried before is a confirmation; so is every one after it
+        self.confirming = self.confirming or rate in self.rates
+        self.rates.append(rate)
+        offered = 500_000.0 if rate is None else rate
+        lossless = not self.confirming and offered < self.limit
+        delivered = offered if lossless else 0.9 * offered
+        return Trial(rate, offered, delivered, 1 - delivered / offered, 1 - delivered / offered)
+
+
+def test_a_sweep_whose_confirmations_all_fail_reports_no_figure_and_the_rate_it_found() -> None:
+    gen = ScriptedGenerator(limit=100_000)
+    out = gen.sweep(lambda: [], "test")
+    assert out["pps"] is None
+    found = out["unconfirmed"]
+    assert 80_000 < found < 100_000                     # the bisection's best lossless rate
+    notes: list[str] = []
+    env = bench_netns.Env.__new__(bench_netns.Env)
+    env.system, env.notes = "ulvs", notes
+    env.confirmed(out, "pps_dr")
+    assert notes == [f"ulvs: pps_dr: the search found {found} pps lossless, but at it and at three "
+                     "steps of 10% below fewer than 2 of 3 confirmation trials were: no figure"]
