@@ -207,8 +207,10 @@ def test_a_call_stops_after_its_budget_and_the_next_one_goes_on() -> None:
     first = [f for b in ring._slot_batches(16) for f in frames(b)]
     assert first == [s.to_bytes(1, "big") * 60 for s in range(16)]
     assert status(ring, 16) == TP_STATUS_USER          # left for the next call
+    assert ring.backlog
     rest = [f for b in ring._slot_batches(1000) for f in frames(b)]
     assert rest == [s.to_bytes(1, "big") * 60 for s in range(16, 40)]
+    assert not ring.backlog
 
 
 def test_frames_this_host_sent_are_given_back_unread_and_counted() -> None:

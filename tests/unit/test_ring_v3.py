@@ -340,7 +340,10 @@ def test_a_call_hands_over_whole_blocks_up_to_its_budget(clock: list[float]) -> 
         fill_block(ring, k, [payload(k, j) for j in range(2)], seq=k + 1)
     assert delivered(ring) == [[payload(0, 0), payload(0, 1)], [payload(1, 0), payload(1, 1)]]
     assert block_status(ring, 2) == TP_STATUS_USER                # left for the next call
+    assert ring.backlog          # ... which the caller makes itself: poll may never say so
     assert delivered(ring) == [[payload(2, 0), payload(2, 1)], [payload(3, 0), payload(3, 1)]]
+    assert ring.backlog                          # the budget again: one more call, to be sure
+    assert delivered(ring) == [] and not ring.backlog
 
 
 def test_after_a_budget_stop_the_next_call_goes_on_from_the_next_block(clock: list[float]) -> None:

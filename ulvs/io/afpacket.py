@@ -172,6 +172,8 @@ def _ifindex(name: str) -> int:
 class PacketRing:
     """The receive ring and transmit socket of one interface."""
 
+    backlog = False     # the last batches() call stopped at its budget (see batches)
+
     def __init__(self, ifname: str, cfg: RingConfig = RingConfig(), fanout_group: int | None = None) -> None:
         if cfg.mode not in RING_MODES:
             raise ValueError(f"unknown ring mode {cfg.mode!r} (allowed: {', '.join(RING_MODES)})")
@@ -325,10 +327,16 @@ class PacketRing:
         """The frames received so far, a batch at a time, up to about ``rx_budget`` frames a
         call; a batch's slots go back to the kernel when the consumer asks for the next one.
 
-        The budget keeps a flood from holding the event loop: what is left makes the socket
-        readable again, and the loop runs its other callbacks (control requests, timers,
-        health checks, VRRP and sync messages) before it calls us again."""
+        The budget keeps a flood from holding the event loop: the loop runs its other callbacks
+        (control requests, timers, health checks, VRRP and sync messages) before it comes back.
+        A call that stops at the budget sets ``backlog``, and the caller must come back on its
+        own (``call_soon``), not wait for the socket to be readable: TPACKET_V3's poll reports
+        only the block before the one the kernel fills next, so a ring the kernel has frozen on
+        an unread block, with the block before it already given back, never turns readable
+        again -- seen once after an overload, 15 of 16 blocks filled and unread, every new frame
+        dropped and HTTP no longer served."""
         budget = self.cfg.rx_budget
+        self.backlog = False
         if self.lanes:
             yield from self._slot_batches(budget)
             yield from self._big_batches()
@@ -344,6 +352,7 @@ class PacketRing:
             yield self.batch
             self.release(boff)
             if handed >= budget:
+                self.backlog = True
                 return
 
     def _drop_block(self, boff: int) -> None:
@@ -358,6 +367,7 @@ class PacketRing:
     def _slot_batches(self, budget: int = 1 << 62) -> Iterator[Batch]:
         """The small lane: ready TPACKET_V2 slots in ring order, up to ``batch_max`` a batch,
         until about ``budget`` slots have been taken."""
+        self.backlog = False
         m, cfg, b = self.map, self.cfg, self.batch
         size, count, most = cfg.slot_size, cfg.slot_count, cfg.batch_max
         unpack, release = _PKT2.unpack_from, _STATUS.pack_into
@@ -408,7 +418,10 @@ class PacketRing:
                 if slot == count:
                     slot = 0
             budget -= taken
-            if taken < most or budget <= 0:
+            if taken < most:
+                return
+            if budget <= 0:
+                self.backlog = True
                 return
 
     def _skip_hole(self, slot: int) -> bool:

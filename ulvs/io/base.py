@@ -43,6 +43,7 @@ class Port(Protocol):
     ifname: str
     mac: bytes
     handles_pass: bool   # True: frames the core passes must be handed back by the daemon (TAP)
+    backlog: bool        # True: the last batches() stopped at a budget; call it again soon
 
     def fileno(self) -> int: ...
 

@@ -68,6 +68,8 @@ class TapPort:
         self._views = [memoryview(b) for b in self._bufs]
         self.batch = Batch()
 
+    backlog = False     # batches() reads until the device is empty
+
     def fileno(self) -> int:
         fd: int = self._fd
         return fd

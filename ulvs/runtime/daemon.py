@@ -558,6 +558,12 @@ class Daemon:
         if core.unresolved:
             self._schedule_resolve()
         self._arm_timer()
+        if port.backlog:    # stopped at its budget: back after the loop's other callbacks
+            asyncio.get_running_loop().call_soon(self._rx_again, port)
+
+    def _rx_again(self, port: Port) -> None:
+        if self.ports.get(port.ifindex) is port:      # still attached
+            self._on_rx(port)
 
     def _answer_vip_arp(self, port: Port, frame: memoryview) -> None:
         """ulvs serves a VIP whether or not it is a local address: when it is not, the kernel

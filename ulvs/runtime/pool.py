@@ -77,6 +77,7 @@ class ArpPort:
     """An interface's ARP traffic for the main process: it learns next hops, answers for VIPs."""
 
     handles_pass = False
+    backlog = False     # batches() reads what is queued, 32 frames at most; ARP is never a flood
 
     def __init__(self, ifname: str) -> None:
         self.ifname = ifname

@@ -103,6 +103,8 @@ class Worker:
                     out.send_frame(frame)
             core.emitted.clear()
         self.arm_timer()
+        if port.backlog:    # stopped at its budget: back after the loop's other callbacks
+            asyncio.get_running_loop().call_soon(self.on_rx, port)
 
     def arm_timer(self) -> None:
         deadline = self.core.next_deadline()
