@@ -567,11 +567,11 @@ class PacketRing:
         """``transmit`` every frame of ``b`` that the core forwarded (verdict 1) out of this
         port, in batch order: the per-packet loop, with the ring's state held in locals."""
         tv = self.txview
-        me = self.ifindex
-        bufs, offs, lens = b.bufs, b.offs, b.lens
         if tv is None:
             transmit_each(self, b, verdicts, egress, n)
             return
+        me = self.ifindex
+        bufs, offs, lens = b.bufs, b.offs, b.lens
         m = self.txmap
         size, count = self.cfg.tx_slot_size, self.cfg.tx_slot_count
         room = size - TX_DATA

@@ -40,6 +40,8 @@ class TapError(OSError):
 class TapPort:
     """ulvs's TAP device: read batches of frames, write frames back."""
 
+    backlog = False     # batches() reads until the device is empty
+
     def __init__(self, name: str, batch_size: int = 64) -> None:
         import pytun
 
@@ -67,8 +69,6 @@ class TapPort:
         self._bufs = [bytearray(FRAME_ROOM) for _ in range(batch_size)]
         self._views = [memoryview(b) for b in self._bufs]
         self.batch = Batch()
-
-    backlog = False     # batches() reads until the device is empty
 
     def fileno(self) -> int:
         fd: int = self._fd
