@@ -23,7 +23,9 @@ Figures per system (null + a "notes" entry where one does not apply or fails):
   syn_cps         SYN-only flood, a new 5-tuple per packet (one conn-table insert each): the
                   highest SYN rate reaching the servers with < 0.1 % loss.
   http_cps        wrk, one new connection per request (``Connection: close``), nginx servers.
-  http_rps_keepalive  wrk, keep-alive.
+  http_rps_keepalive  wrk, keep-alive.  Both with 16 connections, where added latency shows.
+  http_cps_c256 / http_rps_keepalive_c256  the same with 256 connections: enough that every
+                  system here runs out of CPU first (its capacity rather than its latency).
   bulk_gbps / bulk_gbps_4  iperf3, 1 and 4 streams, Gbit/s received.
   lat_p50_us / lat_p99_us  wrk latency percentiles of keep-alive requests paced (wrk ``delay()``)
                   to ~50 % of the system's own keep-alive capacity; kernel_forward is the baseline.
@@ -91,6 +93,8 @@ FIGURES = (
     "syn_cps",
     "http_cps",
     "http_rps_keepalive",
+    "http_cps_c256",
+    "http_rps_keepalive_c256",
     "bulk_gbps",
     "bulk_gbps_4",
     "lat_p50_us",
@@ -100,6 +104,8 @@ FIGURES = (
 GROUPS = ("pps", "syn", "http", "lat", "bulk")
 VIP = Lab.vip
 PPS_PORT = 9000  # UDP, counted and dropped at the servers
+HIGH_CONNS = 256  # wrk connections of the *_c256 HTTP figures
+RETRY_BELOW = 0.02  # a search trial failing with less loss than this is run once more
 SYN_PORT = 9001  # TCP SYNs, counted and dropped at the servers
 IPERF_PORT = 5201
 HTTP_PORT = 80
@@ -144,6 +150,7 @@ class Settings:
     groups: tuple[str, ...] = GROUPS
     rx_ring: str = "v3"         # ulvs run --rx-ring
     tx_ring: int = 4096         # ulvs run --tx-ring
+    rx_pace: int | None = None  # ulvs run --rx-pace (us); None: ulvs's default
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
@@ -157,7 +164,7 @@ class Settings:
                 steps=4,
                 confirm=1,
                 floor_pps=1000,
-                wrk_secs=2,
+                wrk_secs=1,
                 wrk_conns=16,
                 wrk_trials=1,
                 iperf_secs=2,
@@ -440,7 +447,8 @@ class Generator:
         )
 
     def sweep(self, make_cfg: Callable[[], list[str]], label: str) -> dict[str, Any]:
-        """Highest rate with < 0.1 % loss: a full-speed probe, then geometric bisection."""
+        """Highest rate with < 0.1 % loss: a full-speed probe, then geometric bisection; a step
+        that fails with a small loss (< ``RETRY_BELOW``) is tried once more."""
         s = self.s
         trials: list[Trial] = []
 
@@ -472,6 +480,11 @@ class Generator:
                 if rate <= lo:
                     break
                 t = run(rate)
+                if not t.ok and t.loss_window < RETRY_BELOW and t.loss_total < RETRY_BELOW:
+                    # A small loss may be the host's noise (one trial lost 1.1% at 133 kpps
+                    # after 0.5% at 680k, and nftables's figure came out at 120k where it
+                    # forwards 490k): once more before the search halves its range.
+                    t = run(rate)
                 if t.ok:
                     lo, best = rate, t
                 else:
@@ -698,6 +711,7 @@ class Env:
             self.s.rx_ring,
             "--tx-ring",
             str(self.s.tx_ring),
+            *(["--rx-pace", str(self.s.rx_pace)] if self.s.rx_pace is not None else []),
         ]
         proc = self.procs.start("director", argv, "ulvs", log)
         deadline = time.monotonic() + 20
@@ -874,9 +888,16 @@ class Env:
         return res
 
     def http(self, fig: dict[str, Any], detail: dict[str, Any]) -> None:
+        """New connection per request and keep-alive, with ``wrk_conns`` (16) connections, where
+        a system that adds latency shows it, and with 256, where every system here runs out of
+        CPU before the connections run out of requests (its capacity)."""
         s = self.s
-        conns = f"-c{s.wrk_conns}"
-        for key, args in (("http_cps", [conns, "-H", "Connection: close"]), ("http_rps_keepalive", [conns])):
+        cases = []
+        for conns, suffix in ((s.wrk_conns, ""), (HIGH_CONNS, f"_c{HIGH_CONNS}")):
+            c = f"-c{conns}"
+            cases += [(f"http_cps{suffix}", [c, "-H", "Connection: close"]),
+                      (f"http_rps_keepalive{suffix}", [c])]
+        for key, args in cases:
             runs = []
             for _ in range(s.wrk_trials):
                 r = self.wrk(args, s.wrk_secs)
@@ -1123,6 +1144,8 @@ UNITS = {
     "syn_cps": "conn/s",
     "http_cps": "req/s",
     "http_rps_keepalive": "req/s",
+    "http_cps_c256": "req/s",
+    "http_rps_keepalive_c256": "req/s",
     "bulk_gbps": "Gbit/s",
     "bulk_gbps_4": "Gbit/s",
     "lat_p50_us": "us",
@@ -1228,7 +1251,8 @@ def plots(result: dict[str, Any], systems: tuple[str, ...], outdir: Path) -> lis
         (
             "netns_http.png",
             "HTTP through the system (k req/s)",
-            [("http_cps", "new conn per request"), ("http_rps_keepalive", "keep-alive")],
+            [("http_cps", "new conn, 16 conns"), ("http_rps_keepalive", "keep-alive, 16"),
+             ("http_cps_c256", "new conn, 256"), ("http_rps_keepalive_c256", "keep-alive, 256")],
             1e-3,
         ),
         (
@@ -1339,8 +1363,9 @@ METHOD = (
     "RPS; servers drop the test packets at netdev ingress; counts from the lan namespace's bridge ports; "
     "a trial passes with < 0.1 % loss "
     "both in its window and after the drain; search = a full-speed probe, then geometric bisection; "
-    "ulvs and nft_dnat get every flow established first. HTTP: wrk -t1 -c16 against nginx (1 worker) on "
-    "each server; latency: wrk keep-alive paced with delay() to ~50 % of the system's keep-alive capacity; "
+    "ulvs and nft_dnat get every flow established first. HTTP: wrk -t1 -c16 (and -c256: the *_c256 "
+    "figures) against nginx (1 worker) on each server; latency: wrk keep-alive paced with delay() to "
+    "~50 % of the system's keep-alive capacity; "
     "bulk: iperf3 1 and 4 streams (ulvs/nft/haproxy keep a client on one server: persistence / jhash / "
     "balance source). Single-threaded systems: ulvs (one process), haproxy nbthread 1, nginx 1 worker."
 )
@@ -1368,6 +1393,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-rps", action="store_true", help="leave the director's receive processing unsteered")
     ap.add_argument("--rx-ring", choices=("v3", "lanes"), default="v3", help="ulvs run --rx-ring (v3)")
     ap.add_argument("--tx-ring", type=int, default=4096, metavar="SLOTS", help="ulvs run --tx-ring (4096)")
+    ap.add_argument("--rx-pace", type=int, metavar="USEC", help="ulvs run --rx-pace (ulvs's default)")
     args = ap.parse_args(argv)
     systems = tuple(x for x in args.systems.split(",") if x)
     groups = tuple(x for x in args.figures.split(",") if x)
@@ -1377,7 +1403,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_netns: needs root (network namespaces)", file=sys.stderr)
         return 2
     s = replace(Settings.make(args.quick), rps=not args.no_rps, groups=groups, rx_ring=args.rx_ring,
-                tx_ring=args.tx_ring)
+                tx_ring=args.tx_ring, rx_pace=args.rx_pace)
     result = run(s, systems)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:

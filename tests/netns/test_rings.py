@@ -33,15 +33,23 @@ def test_v3_ring_is_the_default_and_serves_nat_in_order() -> None:
         assert "rx ring v3" in d.log_text()
 
 
-def test_lanes_serve_keepalive_and_a_bulk_download() -> None:
+@pytest.mark.parametrize("pace", [None, "300"])
+def test_lanes_serve_keepalive_and_a_bulk_download(pace: str | None) -> None:
     size = 50 * 1024 * 1024
-    with Lab() as lab, director(lab, nat_rules("rr", udp=False), extra=("--rx-ring", "lanes")) as d:
+    extra = ("--rx-ring", "lanes", *(("--rx-pace", pace) if pace else ()))
+    with Lab() as lab, director(lab, nat_rules("rr", udp=False), extra=extra) as d:
         results = lab.http_get("client", lab.vip, count=30, keepalive=True)
         assert all(r.error is None and r.status == 200 for r in results), results
         assert len({r.server for r in results}) == 1          # one connection, one dest
         (r,) = lab.http_get("client", lab.vip, f"/bytes/{size}", timeout=120)   # GSO: the big lane
         assert r.error is None and r.status == 200 and r.sha256 == pattern_digest(size)
         assert "rx ring lanes" in d.log_text()
+        counters = d.status()["daemon"]["ports"][lab.director_if_client]
+        if pace:
+            # the download's ACKs arrive far faster than every 300 us: read on the timer
+            assert counters["rx_ticks"] > 0 and counters["rx_wakeups"] > 0, counters
+        else:
+            assert "rx_ticks" not in counters, counters
 
 
 def test_a_dead_dataplane_worker_stops_the_director_with_an_error() -> None:
@@ -71,9 +79,10 @@ def test_a_dead_dataplane_worker_stops_the_director_with_an_error() -> None:
             raise AssertionError("the director exited cleanly after losing a worker")
 
 
-@pytest.mark.parametrize(("rx_ring", "workers"), [("v3", 2), ("lanes", 1), ("lanes", 2)])
+@pytest.mark.parametrize(("rx_ring", "workers", "pace"),
+                         [("v3", 2, "0"), ("lanes", 1, "0"), ("lanes", 2, "0"), ("lanes", 1, "300")])
 def test_a_flood_starves_neither_the_control_socket_nor_later_traffic(
-        rx_ring: str, workers: int, tmp_path: Path) -> None:
+        rx_ring: str, workers: int, pace: str, tmp_path: Path) -> None:
     # Seen before: under a flood above capacity the dataplane loop never went back to the event
     # loop (ulvsadm timed out, the daemon needed SIGKILL), and after one the lanes ring waited
     # for ever at a slot the kernel had skipped (every later frame dropped).
@@ -81,7 +90,8 @@ def test_a_flood_starves_neither_the_control_socket_nor_later_traffic(
     exe = tmp_path / "pktgen"
     subprocess.run(["gcc", "-O2", "-o", str(exe), str(PKTGEN)], check=True)
     with Lab() as lab, director(lab, nat_rules("rr"),
-                                extra=("--rx-ring", rx_ring, "--workers", str(workers))) as d:
+                                extra=("--rx-ring", rx_ring, "--workers", str(workers),
+                                       "--rx-pace", pace)) as d:
         assert servers_of(lab.http_get("client", lab.vip, count=3)) == ["rs1", "rs2", "rs3"]
         if ncpu > 1:   # as bench/bench_netns.py: the director's receive work off the flood's CPU
             for ifname in (lab.director_if_client, lab.director_if_server):
@@ -101,6 +111,8 @@ def test_a_flood_starves_neither_the_control_socket_nor_later_traffic(
             time.sleep(0.5)
         counters = d.status()["daemon"]["ports"][lab.director_if_client]
         assert counters["rx_ring_drops"] > 0, counters      # it was a flood
+        if pace != "0":
+            assert counters["rx_ticks"] > 0, counters          # read on the timer meanwhile
         assert servers_of(lab.http_get("client", lab.vip, count=6)) == ["rs1", "rs2", "rs3"] * 2
         replies = lab.udp_echo("client", lab.vip, "after", count=3)
         assert all(r is not None and r.endswith(":after") for r in replies), replies

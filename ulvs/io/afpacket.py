@@ -181,6 +181,7 @@ class PacketRing:
         self.ifindex = _ifindex(ifname)
         self.cfg = cfg
         self.lanes = cfg.mode == "lanes"
+        self.paced = self.lanes     # frames handed over one at a time (ulvs.runtime.rxwatch)
         self.big: socket.socket | None = None
         self.fanout_ignores_outgoing = True   # without fanout the socket's own option does it
         self.epoll: select.epoll | None = None

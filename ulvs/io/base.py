@@ -44,6 +44,7 @@ class Port(Protocol):
     mac: bytes
     handles_pass: bool   # True: frames the core passes must be handed back by the daemon (TAP)
     backlog: bool        # True: the last batches() stopped at a budget; call it again soon
+    paced: bool          # True: frames are handed over (and wake the loop) one at a time
 
     def fileno(self) -> int: ...
 

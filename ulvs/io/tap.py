@@ -41,6 +41,7 @@ class TapPort:
     """ulvs's TAP device: read batches of frames, write frames back."""
 
     backlog = False     # batches() reads until the device is empty
+    paced = True        # a wakeup per frame: read on a timer when busy (ulvs.runtime.rxwatch)
 
     def __init__(self, name: str, batch_size: int = 64) -> None:
         import pytun

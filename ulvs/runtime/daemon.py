@@ -73,6 +73,7 @@ from ulvs.runtime.pool import (
     merge_snapshots,
     merge_status,
 )
+from ulvs.runtime.rxwatch import DEFAULT_INTERVAL, RxWatch
 from ulvs.runtime.sdnotify import Notifier
 from ulvs.runtime.supervisor import ExporterProcess, MonitorProcess
 
@@ -102,6 +103,7 @@ class Options:
     gro: bool = True
     rx_ring: str = "v3"                 # afpacket receive layout (ulvs.io.afpacket.RING_MODES)
     tx_ring: int = 4096                 # afpacket transmit ring slots (0: a send() per frame)
+    rx_pace: float = DEFAULT_INTERVAL   # s: read a busy per-frame port on a timer (0: never; rxwatch)
     control_group: str | None = None   # group admitted to the control socket (mode 0660)
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus exporter child; None: none
     flow_log: str | None = None        # flow log file, "-" for stdout (ulvs.runtime.flowlog); None: off
@@ -168,6 +170,7 @@ class Daemon:
         self.links: list[WorkerLink] = []   # dataplane worker processes (--workers N > 1)
         self.resolver: Resolver | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._rx: RxWatch | None = None
         from ulvs.runtime.control import RateEstimator
 
         self.estimator = RateEstimator()
@@ -303,7 +306,7 @@ class Daemon:
         self.links = []
         for i in range(self.opts.workers):
             link = WorkerLink(i, sorted(names), base, self.opts.conn_limit, self.opts.rx_ring,
-                              self.opts.tx_ring)
+                              self.opts.tx_ring, self.opts.rx_pace)
             self.links.append(link)
             for p in self.ports.values():
                 a = addrs.get(p.ifname)
@@ -487,8 +490,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        rx = self._rx = RxWatch(loop, self.opts.rx_pace)
         for port in self.ports.values():
-            loop.add_reader(port.fileno(), self._on_rx, port)
+            rx.watch(port, self._on_rx)
         if self.sync is not None:
             self.sync.start(loop)
         await self._serve_control()
@@ -518,17 +522,19 @@ class Daemon:
             housekeeping.cancel()
             if flows is not None:
                 flows.cancel()
-            for port in list(self.ports.values()):
-                loop.remove_reader(port.fileno())
+            rx.close()
             if self._server is not None:
                 self._server.close()
             log.info("ulvs stopping")
 
-    def _on_rx(self, port: Port) -> None:
+    def _on_rx(self, port: Port) -> int:
+        """Forward what ``port`` has received (``RxWatch`` calls this); returns the frames."""
         core, ports, resolver, tap = self.core, self.ports, self.resolver, self.tap
         now = time.monotonic()
+        frames = 0
         for b in port.batches():
             n = b.count
+            frames += n
             bufs, offs, lens = b.bufs, b.offs, b.lens
             core.process_batch(bufs, offs, lens, b.ifins, n, now, b.partial)
             verdicts, egress = core.verdicts, core.egress
@@ -558,12 +564,17 @@ class Daemon:
         if core.unresolved:
             self._schedule_resolve()
         self._arm_timer()
-        if port.backlog:    # stopped at its budget: back after the loop's other callbacks
-            asyncio.get_running_loop().call_soon(self._rx_again, port)
+        return frames
 
-    def _rx_again(self, port: Port) -> None:
-        if self.ports.get(port.ifindex) is port:      # still attached
-            self._on_rx(port)
+    def _port_counters(self) -> dict[str, dict[str, int]]:
+        """Ring counters by interface, with the pacing counters of paced ports."""
+        out = {}
+        for p in self.ports.values():
+            c = {**(p.counters() if hasattr(p, "counters") else {}),
+                 **(self._rx.counters(p) if self._rx is not None else {})}
+            if c:
+                out[p.ifname] = c
+        return out
 
     def _answer_vip_arp(self, port: Port, frame: memoryview) -> None:
         """ulvs serves a VIP whether or not it is a local address: when it is not, the kernel
@@ -634,12 +645,11 @@ class Daemon:
         gone = [i for i, p in self.ports.items() if not Path(f"/sys/class/net/{p.ifname}").exists()]
         if not gone:
             return
-        loop = asyncio.get_running_loop()
         for i in gone:
             port = self.ports.pop(i)
             log.warning("interface %s disappeared: detached", port.ifname)
-            with contextlib.suppress(Exception):
-                loop.remove_reader(port.fileno())
+            if self._rx is not None:
+                self._rx.unwatch(port)
             port.close()
             if self.resolver is not None:
                 self.resolver.egress.pop(i, None)
@@ -778,7 +788,7 @@ class Daemon:
             "uptime": round(time.monotonic() - self._started, 3), "backend": self.opts.backend,
             "workers": self.opts.workers, "worker_pids": [link.proc.pid for link in self.links],
             "interfaces": sorted(p.ifname for p in self.ports.values()),
-            "ports": {p.ifname: p.counters() for p in self.ports.values() if hasattr(p, "counters")},
+            "ports": self._port_counters(),
             "control_socket": str(path), "control_socket_mode": mode,
             "control_group": self._group.name if self._group is not None else None,
             "conn_limit": self.opts.conn_limit,

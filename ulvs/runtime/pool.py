@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ulvs.io.base import Batch, transmit_each
+from ulvs.runtime.rxwatch import DEFAULT_INTERVAL
 
 ETH_P_ARP = 0x0806
 
@@ -32,11 +33,11 @@ class WorkerLink:
     """One worker process and the socket to it."""
 
     def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
-                 rx_ring: str = "v3", tx_ring: int = 4096) -> None:
+                 rx_ring: str = "v3", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [sys.executable, "-m", "ulvs.runtime.worker", "--control-fd", str(child.fileno()),
                 "--index", str(index), "--group-base", str(group_base), "--conn-limit", str(conn_limit),
-                "--rx-ring", rx_ring, "--tx-ring", str(tx_ring)]
+                "--rx-ring", rx_ring, "--tx-ring", str(tx_ring), "--rx-pace", repr(rx_pace)]
         for name in interfaces:
             argv += ["--interface", name]
         self.index = index
@@ -78,6 +79,7 @@ class ArpPort:
 
     handles_pass = False
     backlog = False     # batches() reads what is queued, 32 frames at most; ARP is never a flood
+    paced = False
 
     def __init__(self, ifname: str) -> None:
         self.ifname = ifname

@@ -27,6 +27,7 @@ from ulvs.core import Core
 from ulvs.io import fanout
 from ulvs.io.afpacket import RING_MODES, PacketRing, RingConfig
 from ulvs.runtime.control import RateEstimator, apply_request
+from ulvs.runtime.rxwatch import DEFAULT_INTERVAL, RxWatch
 
 log = logging.getLogger("ulvs.worker")
 
@@ -38,8 +39,9 @@ def fanout_group(base: int, ifindex: int) -> int:
 
 class Worker:
     def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
-                 rx_ring: str = "v3", tx_ring: int = 4096) -> None:
+                 rx_ring: str = "v3", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL) -> None:
         self.index = index
+        self.rx_pace = rx_pace
         self.core = Core(conn_limit=conn_limit)
         self.estimator = RateEstimator()
         self.ports: dict[int, PacketRing] = {}
@@ -52,6 +54,7 @@ class Worker:
                          "skip them (rx_outgoing)", name)
             self.ports[ring.ifindex] = ring
         self._timer: asyncio.TimerHandle | None = None
+        self.rx: RxWatch | None = None
 
     def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
         """One message from the main process; returns the reply."""
@@ -60,7 +63,9 @@ class Worker:
         if op == "request":
             reply = apply_request(core, msg["req"], time.monotonic(), estimator=self.estimator)
             if reply.get("ok") and "status" in reply:       # this worker's rings, for the merge
-                reply["status"]["ports"] = {p.ifname: p.counters() for p in self.ports.values()}
+                rx = self.rx
+                reply["status"]["ports"] = {p.ifname: {**p.counters(), **(rx.counters(p) if rx else {})}
+                                            for p in self.ports.values()}
             return reply
         if op == "neighbor":
             core.set_neighbor(bytes.fromhex(msg["addr"]), msg["egress"], bytes.fromhex(msg["dmac"]),
@@ -86,11 +91,14 @@ class Worker:
             return {"ok": True, "addrs": addrs}
         return {"ok": False, "error": f"unknown worker op {op!r}"}
 
-    def on_rx(self, port: PacketRing) -> None:
+    def on_rx(self, port: PacketRing) -> int:
+        """Forward what ``port`` has received (``RxWatch`` calls this); returns the frames."""
         core, ports = self.core, self.ports
         now = time.monotonic()
+        frames = 0
         for b in port.batches():
             n = b.count
+            frames += n
             core.process_batch(b.bufs, b.offs, b.lens, b.ifins, n, now, b.partial)
             verdicts, egress = core.verdicts, core.egress
             for each in ports.values():
@@ -103,8 +111,7 @@ class Worker:
                     out.send_frame(frame)
             core.emitted.clear()
         self.arm_timer()
-        if port.backlog:    # stopped at its budget: back after the loop's other callbacks
-            asyncio.get_running_loop().call_soon(self.on_rx, port)
+        return frames
 
     def arm_timer(self) -> None:
         deadline = self.core.next_deadline()
@@ -132,8 +139,9 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: None)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)   # the main process reloads
+        rx = self.rx = RxWatch(loop, self.rx_pace)
         for port in self.ports.values():
-            loop.add_reader(port.fileno(), self.on_rx, port)
+            rx.watch(port, self.on_rx)
         reader, writer = await asyncio.open_unix_connection(sock=control)
 
         async def serve() -> None:
@@ -156,8 +164,7 @@ class Worker:
         finally:
             for t in tasks:
                 t.cancel()
-            for port in self.ports.values():
-                loop.remove_reader(port.fileno())
+            rx.close()
             writer.close()
 
     def close(self) -> None:
@@ -174,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interface", action="append", default=[])
     ap.add_argument("--rx-ring", choices=RING_MODES, default="v3")
     ap.add_argument("--tx-ring", type=int, default=4096)
+    ap.add_argument("--rx-pace", type=float, default=DEFAULT_INTERVAL)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s ulvs-worker{args.index}[%(process)d] %(levelname)s %(message)s")
     control = socket.socket(fileno=args.control_fd)
-    worker = Worker(args.index, args.interface, args.group_base, args.conn_limit, args.rx_ring, args.tx_ring)
+    worker = Worker(args.index, args.interface, args.group_base, args.conn_limit, args.rx_ring, args.tx_ring,
+                    args.rx_pace)
     try:
         try:
             import uvloop
