@@ -112,17 +112,23 @@ def closes(core: Core) -> list[FlowEvent]:
 
 
 class SlowCalls:
-    """Counts the frames the batch loop hands to the slow path."""
+    """Counts the frames the batch loop hands to the slow path (``calls``) and the TCP segments
+    it hands to the state machine (``changes``: ``Core._tcp_change``)."""
 
     def __init__(self, core: Core) -> None:
-        self.calls = 0
-        real = core._slow
+        self.calls = self.changes = 0
+        real, change = core._slow, core._tcp_change
 
         def counting(*args: Any) -> None:
             self.calls += 1
             real(*args)
 
+        def counting_changes(*args: Any) -> None:
+            self.changes += 1
+            change(*args)
+
         core._slow = counting  # type: ignore[method-assign,assignment]
+        core._tcp_change = counting_changes  # type: ignore[method-assign,assignment]
 
 
 def flowlog_core(name: str = "lab", **overrides: Any) -> Core:
@@ -148,11 +154,11 @@ def test_a_nat_tcp_connection_counts_exact_packets_and_bytes_each_way() -> None:
             == Verdict.FORWARD
         seq_s += down
         assert client(core, f, now, tally, flags="A", seq=seq_c, ack=seq_s) == Verdict.FORWARD
-    assert slow.calls == 0, "the established segments were meant to take the fast path"
+    assert (slow.calls, slow.changes) == (0, 0), "the established segments were meant to take the fast path"
     assert server(core, f, 14.0, tally, flags="FA", seq=seq_s, ack=seq_c) == Verdict.FORWARD
     assert client(core, f, 14.0, tally, flags="FA", seq=seq_c, ack=seq_s + 1) == Verdict.FORWARD
     assert server(core, f, 14.5, tally, flags="A", seq=seq_s + 1, ack=seq_c + 1) == Verdict.FORWARD
-    assert slow.calls == 3
+    assert (slow.calls, slow.changes) == (0, 3)   # the closing segments move the state
     (opened,) = events(core)
     assert (opened.event, opened.caddr, opened.cport, opened.vaddr, opened.vport) == (
         "open", IPv4Address(C1), 40000, IPv4Address(VIP), 80)

@@ -30,6 +30,7 @@ from tests.vectors.core import (
 )
 from tests.vectors.oracle import checked_layer_names, checksum_errors
 from ulvs.core import Core, CoreError, DestConfig, DropReason, FwdMethod, Verdict, xmit
+from ulvs.core.engine import iter_services
 from ulvs.packet.parse import parse_frame
 
 
@@ -44,6 +45,7 @@ class Outcome:
     emitted: tuple[tuple[bytes, int], ...]
     conns: tuple[str, ...]
     slow_calls: int
+    counters: tuple[Any, ...] = ()     # per dest: active, inactive, traffic and SYN counters
 
 
 HEAD, TAIL = b"\xa5" * 37, b"\x5a" * 29      # guard bytes around a frame in a shared buffer
@@ -95,6 +97,8 @@ def run_step(core: Core, step: Step, *, slow_only: bool, ring: bool = False) -> 
         emitted=tuple((bytes(f), eg) for f, eg in core.emitted),
         conns=tuple(sorted(conn_line(c) for c in core.conns(step.now))),
         slow_calls=slow_calls,
+        counters=tuple((str(d.config.daddr), d.activeconns, d.inactconns, core.dest_counters(d))
+                       for svc in iter_services(core) for d in svc.dests),
     )
 
 
@@ -150,6 +154,7 @@ def test_slow_path_is_byte_identical_to_batch_path(case: Case) -> None:
         assert b.frame.hex() == s.frame.hex(), f"step {i + 1}"
         assert b.emitted == s.emitted, f"step {i + 1}"
         assert b.conns == s.conns, f"step {i + 1}"
+        assert b.counters == s.counters, f"step {i + 1}"
 
 
 FAST_STEPS = [(c, i) for c in CASES for i, s in enumerate(c.steps) if s.fast]

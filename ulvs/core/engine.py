@@ -1431,6 +1431,42 @@ class Core:
         if svc.config.ops and plan[xmit.P_KIND] != xmit.KIND_NAT:
             self._unbind(slot, CloseReason.OPS)   # one-packet scheduling without replies to translate
 
+    def _tcp_change(self, j: int, buf: Any, off: int, slot: int, plan: list[Any], flags: int, ttl: int,
+                    ipc: int, l4c: int, tl: int, now: float) -> None:
+        """A TCP segment of a known connection on a plain frame (untagged IPv4 without options,
+        headers checked, next hop known, TTL left) that may change the connection's state: the
+        handshake, FIN, RST, anything before ESTABLISHED.  The fast path hands it here with the
+        fields it has read; this does what ``_forward_in`` / ``_forward_out`` do, without
+        parsing the frame again.  What needs the frame (a pure SYN to the VIP, which may start a
+        new connection; a removed dest; a synced connection's unlearned return path) goes to the
+        slow path before anything has changed."""
+        t = self.table
+        out = plan[xmit.P_SI] & 1
+        nat = t.flags[slot] & F_NAT
+        if ((not out and flags & 0x17 == TH_SYN) or t.dest(slot).removed
+                or (nat and not out and t.oplan[slot][xmit.P_EG] < 0)):
+            self._slow(j, buf, off, self._len, self._ifin, now)
+            return
+        if self._count_flows and flags & (TH_FIN | TH_RST):
+            self._mark_closing(slot, flags)
+        state = t.state[slot]
+        if out:
+            if state == TcpState.SYN_RECV and not t.flags[slot] & F_ANSWERED:
+                self._count_answer(slot, flags)
+            self._set_state(slot, next_state(Direction.OUTPUT, flags, state), now)
+        else:
+            self._set_state(slot, next_state(Direction.INPUT if nat else Direction.INPUT_ONLY, flags, state),
+                            now)
+        xmit.rewrite_plain(buf, off, IPPROTO_TCP, plan, ttl, ipc, l4c, bool(self._partial[j]))
+        t.last[slot] = t.ticks(now)
+        si = plan[xmit.P_SI]
+        self.stats.pkts[si] += 1
+        self.stats.bytes[si] += tl
+        if self._count_flows:
+            self._count_flow(slot, si, tl)
+        self.verdicts[j] = _FORWARD
+        self.egress[j] = plan[xmit.P_EG]
+
     def _forward_in(self, j: int, buf: Any, f: Frame, slot: int, now: float) -> None:
         t = self.table
         dest: Dest = t.dest(slot)
