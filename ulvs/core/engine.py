@@ -79,6 +79,9 @@ _U16 = struct.Struct("!H")
 _DROP, _FORWARD, _PASS = int(Verdict.DROP), int(Verdict.FORWARD), int(Verdict.PASS)
 _REASON_BY_LABEL = {r.label: r for r in DropReason}
 _EVICT_ON_ENTRY = (TcpState.SYN_RECV, TcpState.CLOSE, TcpState.TIME_WAIT)
+# Plain ints for the per-packet code (an enum member read from its class costs a lookup).
+_SYN_RECV, _ESTABLISHED = int(TcpState.SYN_RECV), int(TcpState.ESTABLISHED)
+_D_IN, _D_OUT, _D_IN_ONLY = int(Direction.INPUT), int(Direction.OUTPUT), int(Direction.INPUT_ONLY)
 _REUSABLE = (TcpState.TIME_WAIT, TcpState.CLOSE)   # conn_reuse_mode: a new SYN may reschedule
 _NO_PARTIAL = bytes(4096)
 # Connection sync (ulvs.sync): what the capture log records, and the IPVS forwarding-method values.
@@ -478,7 +481,7 @@ class Core:
         A one-packet (``ops``) connection is not entered under its in key, so the next datagram
         of the flow is scheduled afresh; NAT replies still find it by its out key."""
         t = self.table
-        state = TcpState.SYN_RECV if proto == IPPROTO_TCP else UDP_STATE
+        state = _SYN_RECV if proto == IPPROTO_TCP else UDP_STATE
         iplan = self._in_plan(dest, vkey)
         nat = iplan[xmit.P_KIND] == xmit.KIND_NAT
         flags = (F_NAT | F_INACTIVE) if nat else F_INACTIVE
@@ -508,7 +511,7 @@ class Core:
         if sched.tracks_conns:
             sched.conn_changed(dest)
         t.schedule(slot, now + self.timeouts[state])
-        if state == TcpState.SYN_RECV:
+        if state == _SYN_RECV:
             t._evictable.append(slot)
         if self._sync_log is not None:
             self._sync_log.append((slot, _EV_NEW))
@@ -594,12 +597,12 @@ class Core:
             self._sync_log.append((slot, _EV_STATE))
         dest: Dest = t.dest(slot)
         inactive = bool(t.flags[slot] & F_INACTIVE)
-        if inactive and new == TcpState.ESTABLISHED:
+        if inactive and new == _ESTABLISHED:
             t.flags[slot] &= ~F_INACTIVE
             dest.inactconns -= 1
             dest.activeconns += 1
             dest.service.scheduler.conn_changed(dest)
-        elif not inactive and new != TcpState.ESTABLISHED:
+        elif not inactive and new != _ESTABLISHED:
             t.flags[slot] |= F_INACTIVE
             dest.activeconns -= 1
             dest.inactconns += 1
@@ -1451,12 +1454,11 @@ class Core:
             self._mark_closing(slot, flags)
         state = t.state[slot]
         if out:
-            if state == TcpState.SYN_RECV and not t.flags[slot] & F_ANSWERED:
+            if state == _SYN_RECV and not t.flags[slot] & F_ANSWERED:
                 self._count_answer(slot, flags)
-            self._set_state(slot, next_state(Direction.OUTPUT, flags, state), now)
+            self._set_state(slot, next_state(_D_OUT, flags, state), now)
         else:
-            self._set_state(slot, next_state(Direction.INPUT if nat else Direction.INPUT_ONLY, flags, state),
-                            now)
+            self._set_state(slot, next_state(_D_IN if nat else _D_IN_ONLY, flags, state), now)
         xmit.rewrite_plain(buf, off, IPPROTO_TCP, plan, ttl, ipc, l4c, bool(self._partial[j]))
         t.last[slot] = t.ticks(now)
         si = plan[xmit.P_SI]
