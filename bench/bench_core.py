@@ -15,6 +15,10 @@ repetitions.
                         over plain memory: the kernel's receive and send are not in it)
   ring_nat_ns_per_pkt   the same for NAT flows, client->VIP
   new_conn_ns           a SYN for a new flow: parse, rr schedule, conn insert, rewrite
+  new_conn_full_ns      the same with the table full (limit 20,480): each SYN first evicts an
+                        embryonic connection, as under a SYN flood the servers do not answer
+  synack_ns             the real server's SYN-ACK for such a connection (NAT, server->client)
+  handshake_ack_ns      the client's ACK that completes the handshake (client->VIP)
   conn_bytes_per_entry  RSS growth per NAT connection with 1,000,000 in the table (a NAT
                         connection is found from both directions: two hash entries, two keys)
   conn_bytes_per_entry_dr  the same for direct-routing connections (one hash entry)
@@ -229,17 +233,22 @@ def bench_ring(method: FwdMethod, reps: int, batches: int) -> float:
     return statistics.median(results)
 
 
+def syn_frames(first: int) -> list[bytes]:
+    """BATCH pure SYNs from clients ``first`` .. ``first + BATCH - 1`` to the VIP."""
+    frames = []
+    for k in range(BATCH):
+        caddr, cport = client(first + k)
+        frames.append(builder.tcp_frame(CMAC, DMAC, caddr, VIP, cport, 80, 0x02))
+    return frames
+
+
 def bench_new_conn(reps: int, batches: int) -> float:
     results = []
     for _ in range(reps):
         core = make_core(FwdMethod.MASQ)
         total, n = 0, 0
         for b in range(batches):
-            frames = []
-            for k in range(BATCH):
-                caddr, cport = client(b * BATCH + k)
-                frames.append(builder.tcp_frame(CMAC, DMAC, caddr, VIP, cport, 80, 0x02))
-            ring = Ring(frames)
+            ring = Ring(syn_frames(b * BATCH))
             ifins = [1] * BATCH
             t0 = time.perf_counter_ns()
             core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, BATCH, 1.0)
@@ -250,6 +259,65 @@ def bench_new_conn(reps: int, batches: int) -> float:
             raise SystemExit(f"expected {n} new connections, table has {core.conn_count()}")
         results.append(total / n)
     return statistics.median(results)
+
+
+def bench_new_conn_full(reps: int, batches: int) -> float:
+    """ns per SYN once the table is full: every SYN evicts an embryonic entry first."""
+    limit = 20 * BATCH
+    results = []
+    for _ in range(reps):
+        core = make_core(FwdMethod.MASQ, limit=limit)
+        ifins = [1] * BATCH
+        for b in range(limit // BATCH):
+            ring = Ring(syn_frames(b * BATCH))
+            core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, BATCH, 1.0)
+        total = 0
+        for b in range(batches):
+            ring = Ring(syn_frames(limit + b * BATCH))
+            t0 = time.perf_counter_ns()
+            core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, BATCH, 1.0)
+            total += time.perf_counter_ns() - t0
+            if any(core.verdicts[j] != 1 for j in range(BATCH)):
+                raise SystemExit("SYNs to a full table were not all forwarded: the setup is wrong")
+        if core.conn_count() != limit:
+            raise SystemExit(f"expected a full table of {limit}, it has {core.conn_count()}")
+        results.append(total / (batches * BATCH))
+    return statistics.median(results)
+
+
+def bench_handshake(reps: int, batches: int) -> tuple[float, float]:
+    """ns per SYN-ACK (server->client) and per handshake-completing ACK (client->VIP), NAT."""
+    synack, ack = [], []
+    for _ in range(reps):
+        core = make_core(FwdMethod.MASQ)
+        ifins_c, ifins_s = [1] * BATCH, [2] * BATCH
+        t_sa = t_ack = 0
+        for b in range(batches):
+            syns = Ring(syn_frames(b * BATCH))
+            core.process_batch(syns.bufs, syns.offs, syns.lens, ifins_c, BATCH, 1.0)
+            answers, acks = [], []
+            for k in range(BATCH):
+                caddr, cport = client(b * BATCH + k)
+                o = syns.offs[k]
+                daddr = str(ipaddress.IPv4Address(bytes(syns.buf[o + 30:o + 34])))
+                answers.append(builder.tcp_frame(RMAC, LMAC, daddr, caddr, 80, cport, 0x12))
+                acks.append(builder.tcp_frame(CMAC, DMAC, caddr, VIP, cport, 80, 0x10))
+            for frames, ifins, is_ack in ((answers, ifins_s, False), (acks, ifins_c, True)):
+                ring = Ring(frames)
+                t0 = time.perf_counter_ns()
+                core.process_batch(ring.bufs, ring.offs, ring.lens, ifins, BATCH, 1.1)
+                dt = time.perf_counter_ns() - t0
+                if any(core.verdicts[j] != 1 for j in range(BATCH)):
+                    raise SystemExit("handshake frames were not all forwarded: the setup is wrong")
+                if is_ack:
+                    t_ack += dt
+                else:
+                    t_sa += dt
+        if core.state_counts().get("ESTABLISHED") != batches * BATCH:
+            raise SystemExit("the handshakes did not all complete: the setup is wrong")
+        synack.append(t_sa / (batches * BATCH))
+        ack.append(t_ack / (batches * BATCH))
+    return statistics.median(synack), statistics.median(ack)
 
 
 def rss_bytes() -> int:
@@ -323,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         res[name] = round(bench_ring(method, reps, batches), 1)
     progress("new_conn_ns ...")
     res["new_conn_ns"] = round(bench_new_conn(reps, 5 if args.quick else 20), 1)
+    progress("new_conn_full_ns ...")
+    res["new_conn_full_ns"] = round(bench_new_conn_full(reps, 5 if args.quick else 20), 1)
+    progress("synack_ns, handshake_ack_ns ...")
+    sa, ack = bench_handshake(reps, 2 if args.quick else 5)
+    res["synack_ns"], res["handshake_ack_ns"] = round(sa, 1), round(ack, 1)
     progress(f"conn_bytes_per_entry ({entries:,} connections) ...")
     res["conn_bytes_per_entry"] = round(bench_memory(entries, progress), 1)
     progress(f"conn_bytes_per_entry_dr ({entries:,} connections) ...")

@@ -1,5 +1,6 @@
-"""bench/bench_core.py's ring loop figure: its in-memory ports carry every frame from the
-receive block through the core into the transmit ring, rewritten, and can be reset."""
+"""bench/bench_core.py: the ring loop figure (its in-memory ports carry every frame from the
+receive block through the core into the transmit ring, rewritten, and can be reset) and the
+connection figures (they run, and check their own setup)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,11 @@ def test_every_frame_reaches_the_transmit_ring_rewritten_and_reset_restores_the_
 
 def test_the_figure_runs_and_counts_every_frame() -> None:
     assert bench_core.bench_ring(FwdMethod.MASQ, reps=1, batches=2) > 0
+
+
+def test_the_connection_figures_run_and_check_their_setup() -> None:
+    # Each raises SystemExit when its frames did not do what the figure claims (all forwarded,
+    # the table full, every handshake ESTABLISHED).
+    assert bench_core.bench_new_conn_full(reps=1, batches=1) > 0
+    synack, ack = bench_core.bench_handshake(reps=1, batches=1)
+    assert synack > 0 and ack > 0
