@@ -1509,7 +1509,8 @@ class Core:
     def _count_answer(self, slot: int, flags: int) -> None:
         """Passive health: the dest's first answer to a connection's SYN, a RST (refused) or a
         SYN-ACK (accepted), counted once per connection.  Every segment of a connection not yet
-        ESTABLISHED comes through the slow path, so the fast path counts nothing."""
+        ESTABLISHED comes through ``_tcp_change`` or the slow path, so the fast path counts
+        nothing."""
         t = self.table
         sid = t.dest(slot).sid
         if flags & TH_RST:

@@ -2,7 +2,7 @@
 
 Theory of operation: while the flow log is on (``Core.enable_flow_log``) the connection table
 keeps, per slot, packets and bytes in each direction, the ``now`` of the first packet and what
-closed the connection (a FIN or a RST seen by the slow path).  ``Core._bind`` captures an
+closed the connection (a FIN or a RST, which never take the established path).  ``Core._bind`` captures an
 *open* record and ``Core._unbind`` a *close* record into a list, the way connection sync
 captures its changes (one attribute test while off); the shell drains the list
 (``Core.drain_flows``), rate-limits, and only then decodes the lines it writes with
@@ -37,7 +37,7 @@ from ulvs.core.proto_tcp import STATE_NAMES
 OPEN, CLOSE = 0, 1
 FlowRecord = tuple[Any, ...]
 
-# What a slot's close byte records (set on the slow path, which sees every FIN and RST).
+# What a slot's close byte records (set by Core._mark_closing, which sees every FIN and RST).
 CLOSED_BY_FIN, CLOSED_BY_RST = 1, 2
 
 _KEY = struct.Struct("!4s4sHH")

@@ -6,9 +6,10 @@ and out (sid*2+1) packets and bytes plus its connection count.
 
 Passive health (ulvs): per masq dest, the new TCP connections sent to it (``syns``, counted
 when the core binds one) and how many the dest answered, with a SYN-ACK (``synacks``) or a RST
-(``rsts``), counted once per connection on the slow path, which sees every segment of a
-connection that is not yet ESTABLISHED.  The established fast path never touches them.  The
-health monitor turns their deltas into ejection samples (``ulvs.health.policy.Sample``).
+(``rsts``), counted once per connection by ``Core._count_answer`` (from ``_tcp_change`` or the
+slow path), which sees every segment of a connection that is not yet ESTABLISHED.  The
+established fast path never touches them.  The health monitor turns their deltas into ejection
+samples (``ulvs.health.policy.Sample``).
 """
 
 from __future__ import annotations
