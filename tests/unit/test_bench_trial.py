@@ -89,3 +89,11 @@ def test_a_search_step_that_fails_by_a_small_loss_is_tried_once_more() -> None:
     assert all(above.count(r) == 1 for r in above)             # a clear failure did not
     # without the retry every step below the limit fails and the search ends near its floor
     assert out["pps"] is not None and out["pps"] > 0.8 * gen.limit, out
+
+
+def test_a_quick_search_runs_each_step_once() -> None:
+    gen = NoisyGenerator(limit=200_000)
+    gen.s = bench_netns.Settings.make(quick=True)
+    gen.sweep(lambda: [], "test")
+    steps = [r for r in gen.rates if r is not None]
+    assert steps and len(steps) == len(set(steps))
