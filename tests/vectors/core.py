@@ -526,6 +526,14 @@ def _cases() -> list[Case]:
          u.s2c(0.1, "UDP", load=a_load, fast=True),
          u.c2s(0.2, "UDP", load=q_load, fast=True))
 
+    u = udp_flow(C1, 53010)
+    q_id = zero_sum_ip_id(lambda i: u.client_out(load=QUERY, ip_id=i))
+    a_id = zero_sum_ip_id(lambda i: u.server_out(load=ANSWER, ip_id=i))
+    case("udp nat rewritten IP checksums come out as 0x0000 (RFC 1624 edge)", "lab",
+         u.c2s(0.0, "UDP", load=QUERY, ip_id=q_id, note="new flow"),
+         u.s2c(0.1, "UDP", load=ANSWER, ip_id=a_id, fast=True),
+         u.c2s(0.2, "UDP", load=QUERY, ip_id=q_id, fast=True))
+
     case("traffic to the VIP on a port without a service is passed to the host", "lab",
          pass_step(bytes(Ether(src=MACS[C1], dst=DIR_CMAC) / IP(src=C1, dst=VIP) / UDP(sport=5, dport=54)
                          / Raw(b"x"))),
