@@ -16,7 +16,7 @@ flood leaves to *any* user process there.  The daemon is stopped (SIGSTOP: its r
 attached and fills, so the kernel drops at the ring, the cheapest way it has) and a busy loop
 pinned to the director's receive CPU counts its iterations against an idle baseline.
 
-Usage: bench/bench_cpu.py [--json] [--rates 20000,80000] [--configs v3,lanes,lanes:300] [--left]
+Usage: bench/bench_cpu.py [--json] [--rates 20000,80000] [--configs auto,v3,lanes,lanes:300] [--left]
   a config is RING or RING:PACE (ulvs run --rx-ring RING --rx-pace PACE)
 """
 
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--rates", default="20000,80000", help="offered pps, comma-separated")
-    ap.add_argument("--configs", default="v3,lanes,lanes:300",
-                    help="RING or RING:PACE, comma-separated (default v3,lanes,lanes:300)")
+    ap.add_argument("--configs", default="auto,v3,lanes,lanes:300",
+                    help="RING or RING:PACE, comma-separated (default auto,v3,lanes,lanes:300)")
     ap.add_argument("--seconds", type=float, default=2.0, help="measured window of a trial")
     ap.add_argument("--trials", type=int, default=3, help="trials per rate (median)")
     ap.add_argument("--left", action="store_true",
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = [c for c in args.configs.split(",") if c]
     for c in configs:
         ring, _, pace = c.partition(":")
-        if ring not in ("v3", "lanes") or (pace and not pace.isdigit()):
-            ap.error(f"--configs: {c!r} is not RING or RING:PACE (RING v3 or lanes, PACE in us)")
+        if ring not in ("auto", "v3", "lanes") or (pace and not pace.isdigit()):
+            ap.error(f"--configs: {c!r} is not RING or RING:PACE (RING auto, v3 or lanes, PACE in us)")
     if not rates or min(rates) < 1000 or args.seconds <= 0 or args.trials < 1:
         ap.error("--rates of at least 1000 pps, --seconds > 0 and --trials >= 1")
     if os.geteuid() != 0:

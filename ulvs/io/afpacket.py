@@ -1,9 +1,21 @@
 """AF_PACKET dataplane backend: packet rings and a transmit socket per interface.
 
 Receive uses ``ETH_P_ALL`` packet sockets with ``PACKET_VNET_HDR``
-(``Documentation/networking/packet_mmap.rst``), in one of two layouts (``RingConfig.mode``):
+(``Documentation/networking/packet_mmap.rst``), in one of three layouts (``RingConfig.mode``):
 
-* ``v3`` (the default): one TPACKET_V3 ring.  The kernel fills 1 MiB *blocks* with
+* ``auto`` (the default): the ``v3`` ring below and a *quick socket*, a plain packet socket read
+  one ``recvfrom_into`` a frame, both bound to the interface.  A one-instruction socket filter on
+  each (``ret #0x40000`` or ``ret #0``) lets exactly one of them take frames, and
+  ``ulvs.io.lanepick.LanePick`` moves the port between them: to the quick socket when the ring
+  has averaged under 30 kpps over 20 ms, back to the ring at once when a read of the quick
+  socket finds its whole budget waiting, and then for at least a second.  Under load the port
+  is the V3 ring; at light load a frame is forwarded when it arrives, not when its block is
+  handed over.  A move opens the new lane before it shuts the old one, and the lane left is read
+  out first (with the ring, its last block too, once the kernel hands it over), so no frame is
+  lost or overtaken (one that arrives between the two filter changes may come twice).  With
+  fanout, the quick sockets form a group of their own (the ring's number ^ ``QUICK_GROUP``) with
+  the same steering program, and each worker moves its own pair.
+* ``v3``: one TPACKET_V3 ring.  The kernel fills 1 MiB *blocks* with
   variable-size frames and hands a block over when it is full or when its timeout (1 ms, the
   smallest there is) expires.  Few wakeups under load, but at light load every frame waits up to
   that 1 ms: a request/response crosses the director twice, so keep-alive transactions were
@@ -50,12 +62,13 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ulvs.io import fanout
 from ulvs.io.base import VNET_LEN, Batch, transmit_each
+from ulvs.io.lanepick import LanePick
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -85,6 +98,7 @@ _REQ3 = struct.Struct("=IIIIIII")
 _BLOCK = struct.Struct("=IIIII")
 # ... and at offset 40 the block's ts_last_pkt: seconds, nanoseconds.
 _BLOCK_TS = struct.Struct("=II")
+_RELEASE = struct.Struct("=II")   # block_status, num_pkts
 _SEQ = struct.Struct("=Q")      # tpacket_hdr_v1.seq_num, at offset 24
 # What the reader takes of a struct tpacket3_hdr (next_offset, sec, nsec, snaplen, len, status,
 # mac, net, ...): next_offset, snaplen and mac, then the sll_pkttype of the sockaddr_ll after it
@@ -114,15 +128,19 @@ class RingError(OSError):
     """The ring could not be set up (missing capability, interface gone, ...)."""
 
 
-RING_MODES = ("lanes", "v3")
+RING_MODES = ("auto", "lanes", "v3")
 HOLE_SPAN = 32          # filled slots after an unfilled one that make it a hole
 BIG_BATCHES = 4         # big-lane batches a batches() call hands over at most
 HOLE_WAIT = 0.001       # s an unfilled slot may trail a filled one before it is a hole
+QUICK_GROUP = 0x4000    # an auto ring's quick sockets: fanout group (the ring's) ^ this
+BIG_GROUP = 0x8000      # a lanes ring's big lanes: fanout group ^ this
+QUICK_RCVBUF = 1 << 21  # the quick socket queue: ~2,500 small frames or 30 GSO super-packets
+RING_WAIT = 0.005       # s: the longest an auto ring waits for its last block after a move
 
 
 @dataclass(frozen=True, slots=True)
 class RingConfig:
-    mode: str = "v3"               # see the module docstring
+    mode: str = "auto"             # see the module docstring
     # v3
     block_size: int = 1 << 20      # 1 MiB: room for GSO super-packets (64 KiB)
     block_count: int = 16
@@ -130,6 +148,8 @@ class RingConfig:
     retire_ms: int = 1             # hand over a partly filled block after 1 ms
     stale_after: float = 0.1       # s: a block whose last frame is older is dropped unread
     rx_budget: int = 4096          # frames a batches() call hands over at most (about: whole blocks)
+    # auto: the V3 ring above, and a quick socket read into big_count buffers of big_size
+    quick_batches: int = 4         # batches of big_count frames a call takes from it at most
     # lanes
     slot_size: int = 2048          # TPACKET_V2 slot: header, vnet header, frame up to small_max
     slot_count: int = 8192         # 16 MiB of slots
@@ -154,12 +174,38 @@ def _length_filter(small_max: int, small: bool) -> bytes:
     return b"".join(struct.pack("=HBBI", *i) for i in prog)
 
 
+_KEEP_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x40000)      # ret #0x40000: the whole frame
+_KEEP_NONE = struct.pack("=HBBI", 0x06, 0, 0, 0)           # ret #0: not this socket's
+SO_RCVBUFFORCE = 33
+
+
 def _attach_filter(sock: socket.socket, code: bytes) -> None:
     import ctypes
 
     buf = ctypes.create_string_buffer(code, len(code))
     fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def _plain_socket(ifname: str, code: bytes, rcvbuf: int) -> socket.socket:
+    """A non-blocking packet socket on ``ifname`` with vnet headers, without our own frames,
+    filtered by ``code`` from the start, with a receive queue of ``rcvbuf`` bytes (above
+    net.core.rmem_max when we may)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        _attach_filter(sock, code)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.bind((ifname, ETH_P_ALL))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _ifindex(name: str) -> int:
@@ -173,6 +219,9 @@ class PacketRing:
     """The receive ring and transmit socket of one interface."""
 
     backlog = False     # the last batches() call stopped at its budget (see batches)
+    big: socket.socket | None = None      # lanes: the big lane
+    quick: socket.socket | None = None    # auto: the quick socket
+    pick: LanePick | None = None          # auto: which of the two takes frames
 
     def __init__(self, ifname: str, cfg: RingConfig = RingConfig(), fanout_group: int | None = None) -> None:
         if cfg.mode not in RING_MODES:
@@ -182,7 +231,8 @@ class PacketRing:
         self.cfg = cfg
         self.lanes = cfg.mode == "lanes"
         self.paced = self.lanes     # frames handed over one at a time (ulvs.runtime.rxwatch)
-        self.big: socket.socket | None = None
+        self.big = self.quick = None
+        self.pick = LanePick() if cfg.mode == "auto" else None
         self.fanout_ignores_outgoing = True   # without fanout the socket's own option does it
         self.epoll: select.epoll | None = None
         # Protocol 0 until bind: a socket opened with ETH_P_ALL would start queueing frames of
@@ -202,17 +252,23 @@ class PacketRing:
                 req = _REQ3.pack(cfg.block_size, cfg.block_count, cfg.frame_size,
                                  cfg.block_size // cfg.frame_size * cfg.block_count, cfg.retire_ms, 0, 0)
                 size = cfg.block_size * cfg.block_count
+                if self.pick is not None:
+                    _attach_filter(self.rx, _KEEP_ALL)     # the ring takes frames first
             self.rx.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             self.rx.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             self.rx.bind((ifname, ETH_P_ALL))
             if self.lanes:
                 self.big = self._open_big_lane(ifname)
+            if self.pick is not None:
+                self.quick = self._open_quick(ifname)
             if fanout_group is not None:
                 # Workers join in index order (the daemon starts them one at a time), so member
-                # k of the small-lane group and of the big-lane group is the same worker.
+                # k of the ring group and of the big-lane or quick group is the same worker.
                 self.fanout_ignores_outgoing = fanout.join(self.rx, fanout_group)
                 if self.big is not None:
-                    fanout.join(self.big, fanout_group ^ 0x8000)
+                    fanout.join(self.big, fanout_group ^ BIG_GROUP)
+                if self.quick is not None:
+                    fanout.join(self.quick, fanout_group ^ QUICK_GROUP)
             self.map = mmap.mmap(self.rx.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             self.tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
@@ -237,14 +293,16 @@ class PacketRing:
                 self.txmap = mmap.mmap(self.txr.fileno(), cfg.tx_slot_count * cfg.tx_slot_size,
                                        mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
                 self.txr.bind((ifname, 0))
-            if self.big is not None:
+            second = self.big or self.quick
+            if second is not None:
                 self.epoll = select.epoll()
                 self.epoll.register(self.rx.fileno(), select.EPOLLIN)
-                self.epoll.register(self.big.fileno(), select.EPOLLIN)
+                self.epoll.register(second.fileno(), select.EPOLLIN)
         except OSError:
             self.rx.close()
-            if self.big is not None:
-                self.big.close()
+            for extra in (self.big, self.quick):
+                if extra is not None:
+                    extra.close()
             for name in ("tx", "txr"):
                 sock = getattr(self, name, None)
                 if sock is not None:
@@ -266,25 +324,28 @@ class PacketRing:
         self.holes = 0              # small-lane slots stepped over (see _skip_hole)
         self._hole_at = -1
         self._hole_since = 0.0
-        self._big_bufs = [bytearray(cfg.big_size) for _ in range(cfg.big_count)] if self.lanes else []
+        self._big_bufs = ([bytearray(cfg.big_size) for _ in range(cfg.big_count)]
+                          if self.lanes or self.pick is not None else [])
+        self.rx_quick = 0           # frames read from the quick socket (auto)
+        self.rx_ring_waits = 0      # reads that waited for the ring's last block after a move
+        self._ring_wait_since = -1.0
         self.mac = bytes.fromhex(_read_sys(ifname, "address").replace(":", ""))
         self.mtu = int(_read_sys(ifname, "mtu"))
         self.handles_pass = False   # a tap: what ulvs does not take, the kernel already has
         self.batch = Batch()        # reused for every block
 
     def _open_big_lane(self, ifname: str) -> socket.socket:
-        big = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        try:
-            big.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-            big.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            _attach_filter(big, _length_filter(self.cfg.small_max, small=False))
-            big.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-            big.bind((ifname, ETH_P_ALL))
-            big.setblocking(False)
-        except OSError:
-            big.close()
-            raise
-        return big
+        """A lanes ring's big lane: frames longer than ``small_max``."""
+        return _plain_socket(ifname, _length_filter(self.cfg.small_max, small=False), 1 << 22)
+
+    def _open_quick(self, ifname: str) -> socket.socket:
+        """An auto ring's quick socket: every frame, one ``recv`` each, once its filter lets
+        frames in (it starts shut: the ring takes them first)."""
+        return _plain_socket(ifname, _KEEP_NONE, QUICK_RCVBUF)
+
+    def fanout_sockets(self) -> list[socket.socket]:
+        """One socket of each fanout group this port joined (each group needs the program)."""
+        return [s for s in (self.rx, self.big, self.quick) if s is not None]
 
     def fileno(self) -> int:
         fd: int = self.epoll.fileno() if self.epoll is not None else self.rx.fileno()
@@ -340,8 +401,17 @@ class PacketRing:
         self.backlog = False
         if self.lanes:
             yield from self._slot_batches(budget)
-            yield from self._big_batches()
+            assert self.big is not None
+            yield from self._sock_batches(self.big, BIG_BATCHES)
             return
+        if self.pick is not None:
+            yield from self._auto_batches(budget)
+            return
+        yield from self._ring_batches(budget)
+
+    def _ring_batches(self, budget: int) -> Generator[Batch, None, int]:
+        """The V3 ring's ready blocks, a block a batch, until about ``budget`` frames (then
+        ``backlog``); returns the frames handed over."""
         now = time.time()      # the kernel stamps frames with CLOCK_REALTIME
         stale = self.cfg.stale_after
         handed = 0
@@ -354,7 +424,63 @@ class PacketRing:
             self.release(boff)
             if handed >= budget:
                 self.backlog = True
+                break
+        return handed
+
+    def _auto_batches(self, budget: int) -> Iterator[Batch]:
+        """An auto ring: the lane ``pick`` chose, after what the other one still holds.
+
+        Whichever lane the port has just left holds older frames than the lane it moved to, so
+        it is read out first: on the ring, the quick socket's queue; on the quick socket, the
+        ring's ready blocks and, when its block was still being filled at the move, that block
+        once the kernel hands it over (within its 1 ms retire timeout; the read comes back for
+        it as a backlog, for at most ``RING_WAIT``).  Then ``pick`` judges the read."""
+        pick = self.pick
+        assert pick is not None and self.quick is not None
+        quick, full = 0, False
+        if pick.quick:
+            got = yield from self._ring_batches(budget)
+            if self.backlog:
                 return
+            if self._ring_filling():
+                self.rx_ring_waits += 1
+                self.backlog = True
+                return
+            quick, full = yield from self._sock_batches(self.quick, self.cfg.quick_batches)
+            self.backlog = full          # more waiting (and the port is moving to the ring)
+        else:
+            quick, full = yield from self._sock_batches(self.quick, self.cfg.quick_batches)
+            if full:
+                self.backlog = True      # the queue of before the move first; the ring waits
+                return
+            got = yield from self._ring_batches(budget)
+        self.rx_quick += quick
+        if pick.step(time.monotonic(), got + quick, full):
+            self._switch(pick.quick)
+
+    def _ring_filling(self) -> bool:
+        """Whether the block at the cursor is the kernel's and holds frames (it has not handed
+        it over yet): after a move to the quick socket those frames are older than the
+        socket's.  Gives up after ``RING_WAIT``."""
+        (num,) = _STATUS.unpack_from(self.map, self._next_block * self.cfg.block_size + 12)
+        if not num:
+            self._ring_wait_since = -1.0
+            return False
+        now = time.monotonic()
+        if self._ring_wait_since < 0:
+            self._ring_wait_since = now
+        if now - self._ring_wait_since > RING_WAIT:
+            self._ring_wait_since = -1.0
+            return False
+        return True
+
+    def _switch(self, quick: bool) -> None:
+        """Let the other lane take frames: it opens before this one shuts, so no frame finds
+        both shut (one arriving in between may come twice, as after a retransmission)."""
+        assert self.quick is not None
+        opening, shutting = (self.quick, self.rx) if quick else (self.rx, self.quick)
+        _attach_filter(opening, _KEEP_ALL)
+        _attach_filter(shutting, _KEEP_NONE)
 
     def _drop_block(self, boff: int) -> None:
         """Receive livelock guard: in an overload the ring fills with frames that take the core
@@ -462,11 +588,13 @@ class PacketRing:
         self.holes += 1
         return True
 
-    def _big_batches(self) -> Iterator[Batch]:
-        """The big lane: one ``recv_into`` per long frame, into the buffer pool."""
-        sock, bufs, b = self.big, self._big_bufs, self.batch
-        assert sock is not None
-        for _ in range(BIG_BATCHES):
+    def _sock_batches(self, sock: socket.socket, rounds: int) -> Generator[Batch, None, tuple[int, bool]]:
+        """A plain packet socket (the big lane, the quick socket): one ``recvfrom_into`` per
+        frame, into the buffer pool, a batch per pool, ``rounds`` batches at most.  Returns
+        (frames handed over, whether every round filled the pool: more may be waiting)."""
+        bufs, b = self._big_bufs, self.batch
+        handed = 0
+        for _ in range(rounds):
             b.clear()
             n = 0
             for buf in bufs:
@@ -487,12 +615,14 @@ class PacketRing:
                 b.partial.append(buf[0] & VNET_F_NEEDS_CSUM)
                 n += 1
             if not n:
-                return
+                return handed, False
             b.ifins.extend([self.ifindex] * n)
             b.count = n
+            handed += n
             yield b
             if n < len(bufs):
-                return
+                return handed, False
+        return handed, True
 
     def frames(self, boff: int) -> int:
         """Fill ``batch`` with the frames of the block at ``boff``; returns the count."""
@@ -535,7 +665,9 @@ class PacketRing:
             self.rx_outgoing += 1
 
     def release(self, boff: int) -> None:
-        _STATUS.pack_into(self.map, boff + 8, TP_STATUS_KERNEL)
+        # num_pkts to 0 first: the kernel sets it only when it opens the block again, and an
+        # auto ring reads it to tell whether the kernel is filling the block (_ring_filling).
+        _RELEASE.pack_into(self.map, boff + 8, TP_STATUS_KERNEL, 0)
 
     # -- transmit -------------------------------------------------------------------------------
     def transmit(self, buf: Any, vnet_off: int, off: int, length: int) -> None:
@@ -629,12 +761,17 @@ class PacketRing:
         """What this port's rings saw: frames the kernel offered the receive ring and those it
         dropped for want of a free block or slot (PACKET_STATISTICS), how often the receive
         queue froze (TPACKET_V3), blocks or slots handed over and not yet read, frames sent
-        through the transmit ring and by plain send()."""
+        through the transmit ring and by plain send().  An auto ring adds its quick socket's
+        frames and drops to the ring's, and counts its moves between the two."""
         v3 = not self.lanes
         raw = self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12 if v3 else 8)
         got = struct.unpack("=III" if v3 else "=II", raw)
         for i, n in enumerate(got):
             self._rx_stats[i] += n
+        if self.quick is not None:
+            raw = self.quick.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+            for i, n in enumerate(struct.unpack("=II", raw)):
+                self._rx_stats[i] += n
         packets, drops, freezes = self._rx_stats
         step = self.cfg.block_size if v3 else self.cfg.slot_size
         with memoryview(self.map) as mv:   # blocks or slots the kernel has handed over, unread
@@ -644,7 +781,16 @@ class PacketRing:
                 "rx_stale": self.rx_stale, "rx_resyncs": self.rx_resyncs,
                 "rx_other_host": self.rx_other_host, "rx_outgoing": self.rx_outgoing,
                 "rx_holes": self.holes,
-                "tx_ring": self.tx_ring_frames, "tx_send": self.tx_fallback}
+                "tx_ring": self.tx_ring_frames, "tx_send": self.tx_fallback,
+                **self._auto_counters()}
+
+    def _auto_counters(self) -> dict[str, int]:
+        pick = self.pick
+        if pick is None:
+            return {}
+        return {"rx_quick": self.rx_quick, "rx_quick_now": int(pick.quick),
+                "rx_to_quick": pick.to_quick, "rx_to_ring": pick.to_ring,
+                "rx_ring_waits": self.rx_ring_waits}
 
     def close(self) -> None:
         self.view.release()
@@ -657,8 +803,9 @@ class PacketRing:
             self.txr.close()
         if self.epoll is not None:
             self.epoll.close()
-        if self.big is not None:
-            self.big.close()
+        for extra in (self.big, self.quick):
+            if extra is not None:
+                extra.close()
         self.rx.close()
         self.tx.close()
 
