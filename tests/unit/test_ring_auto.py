@@ -86,6 +86,7 @@ def make_auto(quick: bool = False) -> PacketRing:
     ring._big_bufs = [bytearray(2048) for _ in range(POOL)]
     ring.rx_quick = ring.rx_ring_waits = 0
     ring._ring_wait_since = -1.0
+    ring._leaving = quick                                      # just moved to the quick socket
     return ring
 
 
@@ -147,6 +148,22 @@ def test_the_block_being_filled_at_a_move_is_waited_for(
     fill_block(ring, 0, [payload(0, 0), payload(0, 1)], seq=1)   # handed over
     assert read(ring) == [payload(0, 0), payload(0, 1), q(0)]
     assert not ring.backlog
+
+
+def test_once_the_ring_is_read_out_it_is_only_glanced_at(
+        clocks: dict[str, float], filters: list[tuple[str, bytes]]) -> None:
+    """After the move's leftovers, a read of the quick socket looks at the ring's cursor block
+    only (a stray frame that met the old filter), not for resyncs or blocks being filled."""
+    ring = make_auto(quick=True)
+    ring.quick.put(q(0))                                       # type: ignore[union-attr]
+    assert read(ring) == [q(0)] and not ring._leaving
+    fill_block(ring, 3, [payload(3, 0)], seq=9)                # not at the cursor: not looked for
+    filling(ring, 0, 1)
+    ring.quick.put(q(1))                                       # type: ignore[union-attr]
+    assert read(ring) == [q(1)] and ring.rx_ring_waits == 0 and ring.rx_resyncs == 0
+    fill_block(ring, 0, [payload(0, 0)], seq=10)               # at the cursor: read first
+    ring.quick.put(q(2))                                       # type: ignore[union-attr]
+    assert read(ring) == [payload(0, 0), payload(3, 0), q(2)]  # the cursor moved on: a resync
 
 
 def test_the_wait_for_the_rings_block_is_bounded(clocks: dict[str, float],

@@ -222,6 +222,7 @@ class PacketRing:
     big: socket.socket | None = None      # lanes: the big lane
     quick: socket.socket | None = None    # auto: the quick socket
     pick: LanePick | None = None          # auto: which of the two takes frames
+    _leaving = False
 
     def __init__(self, ifname: str, cfg: RingConfig = RingConfig(), fanout_group: int | None = None) -> None:
         if cfg.mode not in RING_MODES:
@@ -329,6 +330,7 @@ class PacketRing:
         self.rx_quick = 0           # frames read from the quick socket (auto)
         self.rx_ring_waits = 0      # reads that waited for the ring's last block after a move
         self._ring_wait_since = -1.0
+        self._leaving = False       # auto: moved to the quick socket, the ring not yet read out
         self.mac = bytes.fromhex(_read_sys(ifname, "address").replace(":", ""))
         self.mtu = int(_read_sys(ifname, "mtu"))
         self.handles_pass = False   # a tap: what ulvs does not take, the kernel already has
@@ -439,13 +441,19 @@ class PacketRing:
         assert pick is not None and self.quick is not None
         quick, full = 0, False
         if pick.quick:
-            got = yield from self._ring_batches(budget)
-            if self.backlog:
-                return
-            if self._ring_filling():
-                self.rx_ring_waits += 1
-                self.backlog = True
-                return
+            got = 0
+            if self._leaving:        # just moved: the ring's frames first, all of them
+                got = yield from self._ring_batches(budget)
+                if self.backlog:
+                    return
+                if self._ring_filling():
+                    self.rx_ring_waits += 1
+                    self.backlog = True
+                    return
+                self._leaving = False
+            elif self.map[self._next_block * self.cfg.block_size + 8 + _LOW] & TP_STATUS_USER:
+                # a frame that met the old filter still running on another CPU during the move
+                got = yield from self._ring_batches(budget)
             quick, full = yield from self._sock_batches(self.quick, self.cfg.quick_batches)
             self.backlog = full          # more waiting (and the port is moving to the ring)
         else:
@@ -478,6 +486,7 @@ class PacketRing:
         """Let the other lane take frames: it opens before this one shuts, so no frame finds
         both shut (one arriving in between may come twice, as after a retransmission)."""
         assert self.quick is not None
+        self._leaving = True
         opening, shutting = (self.quick, self.rx) if quick else (self.rx, self.quick)
         _attach_filter(opening, _KEEP_ALL)
         _attach_filter(shutting, _KEEP_NONE)
