@@ -54,6 +54,21 @@ def test_auto_is_the_default_and_light_traffic_takes_the_quick_socket() -> None:
         assert r.error is None and r.status == 200 and r.sha256 == pattern_digest(size)
 
 
+def test_two_auto_workers_steer_the_quick_sockets_too() -> None:
+    """With --workers 2 each worker's ring and quick socket join two fanout groups, and each
+    worker moves its own pair: at light load every new connection, whichever worker owns it,
+    is served through the quick sockets.  (That both groups get the steering program is
+    tests/unit/test_worker_fanout.py.)"""
+    with Lab(clients=4) as lab, director(lab, nat_rules("rr", udp=False), extra=("--workers", "2")) as d:
+        lab.http_get("client", lab.vip, count=2)
+        time.sleep(0.1)                            # quiet: both workers' ports to the quick socket
+        results = lab.http_get("client", lab.vip, count=24, src=list(lab.client_addrs))
+        assert all(r.error is None and r.status == 200 for r in results), results
+        ports = d.status()["daemon"]["ports"]
+        for ifname in (lab.director_if_client, lab.director_if_server):
+            assert ports[ifname]["rx_quick"] >= 24 and ports[ifname]["rx_to_quick"] >= 1, ports[ifname]
+
+
 @pytest.mark.parametrize("pace", [None, "300"])
 def test_lanes_serve_keepalive_and_a_bulk_download(pace: str | None) -> None:
     size = 50 * 1024 * 1024
