@@ -3,19 +3,23 @@
 Receive uses ``ETH_P_ALL`` packet sockets with ``PACKET_VNET_HDR``
 (``Documentation/networking/packet_mmap.rst``), in one of three layouts (``RingConfig.mode``):
 
-* ``auto`` (the default): the ``v3`` ring below and a *quick socket*, a plain packet socket read
-  one ``recvfrom_into`` a frame, both bound to the interface.  A one-instruction socket filter on
-  each (``ret #0x40000`` or ``ret #0``) lets exactly one of them take frames, and
+* ``auto`` (experimental, ``--rx-ring auto``): the ``v3`` ring below and a *quick socket*, a
+  plain packet socket read one ``recvfrom_into`` a frame, both bound to the interface.  A
+  one-instruction socket filter on each (``ret #0x40000`` or ``ret #0``) lets one of them take
+  frames, and
   ``ulvs.io.lanepick.LanePick`` moves the port between them: to the quick socket when the ring
   has averaged under 30 kpps over 20 ms, back to the ring at once when a read of the quick
   socket finds its whole budget waiting, and then for at least a second.  Under load the port
   is the V3 ring; at light load a frame is forwarded when it arrives, not when its block is
   handed over.  A move opens the new lane before it shuts the old one, and the lane left is read
   out first (with the ring, its last block too, once the kernel hands it over), so no frame is
-  lost or overtaken (one that arrives between the two filter changes may come twice).  With
+  lost or overtaken -- but one that arrives between the two filter changes (each a classic-BPF
+  program the kernel compiles: tens of microseconds) comes twice, seen as one ACK counted and
+  forwarded twice in a 1 MB download (tests/netns/test_flowlog.py), which is why it is not the
+  default.  With
   fanout, the quick sockets form a group of their own (the ring's number ^ ``QUICK_GROUP``) with
   the same steering program, and each worker moves its own pair.
-* ``v3``: one TPACKET_V3 ring.  The kernel fills 1 MiB *blocks* with
+* ``v3`` (the default): one TPACKET_V3 ring.  The kernel fills 1 MiB *blocks* with
   variable-size frames and hands a block over when it is full or when its timeout (1 ms, the
   smallest there is) expires.  Few wakeups under load, but at light load every frame waits up to
   that 1 ms: a request/response crosses the director twice, so keep-alive transactions were
@@ -140,7 +144,7 @@ RING_WAIT = 0.005       # s: the longest an auto ring waits for its last block a
 
 @dataclass(frozen=True, slots=True)
 class RingConfig:
-    mode: str = "auto"             # see the module docstring
+    mode: str = "v3"               # see the module docstring
     # v3
     block_size: int = 1 << 20      # 1 MiB: room for GSO super-packets (64 KiB)
     block_count: int = 16

@@ -101,7 +101,7 @@ class Options:
     conn_limit: int = 1_000_000
     workers: int = 1
     gro: bool = True
-    rx_ring: str = "auto"                 # afpacket receive layout (ulvs.io.afpacket.RING_MODES)
+    rx_ring: str = "v3"                 # afpacket receive layout (ulvs.io.afpacket.RING_MODES)
     tx_ring: int = 4096                 # afpacket transmit ring slots (0: a send() per frame)
     rx_pace: float = DEFAULT_INTERVAL   # s: read a busy per-frame port on a timer (0: never; rxwatch)
     control_group: str | None = None   # group admitted to the control socket (mode 0660)

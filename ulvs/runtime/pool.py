@@ -33,7 +33,7 @@ class WorkerLink:
     """One worker process and the socket to it."""
 
     def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
-                 rx_ring: str = "auto", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL) -> None:
+                 rx_ring: str = "v3", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [sys.executable, "-m", "ulvs.runtime.worker", "--control-fd", str(child.fileno()),
                 "--index", str(index), "--group-base", str(group_base), "--conn-limit", str(conn_limit),

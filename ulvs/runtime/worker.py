@@ -39,7 +39,7 @@ def fanout_group(base: int, ifindex: int) -> int:
 
 class Worker:
     def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
-                 rx_ring: str = "auto", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL) -> None:
+                 rx_ring: str = "v3", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL) -> None:
         self.index = index
         self.rx_pace = rx_pace
         self.core = Core(conn_limit=conn_limit)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-base", type=int, required=True)
     ap.add_argument("--conn-limit", type=int, required=True)
     ap.add_argument("--interface", action="append", default=[])
-    ap.add_argument("--rx-ring", choices=RING_MODES, default="auto")
+    ap.add_argument("--rx-ring", choices=RING_MODES, default="v3")
     ap.add_argument("--tx-ring", type=int, default=4096)
     ap.add_argument("--rx-pace", type=float, default=DEFAULT_INTERVAL)
     args = ap.parse_args(argv)
