@@ -236,7 +236,6 @@ class PacketRing:
         self.cfg = cfg
         self.lanes = cfg.mode == "lanes"
         self.paced = self.lanes     # frames handed over one at a time (ulvs.runtime.rxwatch)
-        self.big = self.quick = None
         self.pick = LanePick() if cfg.mode == "auto" else None
         self.fanout_ignores_outgoing = True   # without fanout the socket's own option does it
         self.epoll: select.epoll | None = None

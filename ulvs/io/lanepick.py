@@ -20,7 +20,9 @@ take frames (``ulvs.io.afpacket``).  ``LanePick`` is the policy, pure and given 
   does not make the port flap.
 
 Frames are not lost in a move: the lane being left keeps what it already holds and is read out
-first (see ``PacketRing``), so a connection's frames stay in order.
+first (see ``PacketRing``), so a connection's frames stay in order.  A frame that arrives while
+the two filters change is taken by both lanes and forwarded twice; that is why ``auto`` is not
+the default layout.
 """
 
 from __future__ import annotations
