@@ -149,7 +149,7 @@ class Settings:
     lat_secs: int
     rps: bool = True
     groups: tuple[str, ...] = GROUPS
-    rx_ring: str = "v3"         # ulvs run --rx-ring
+    rx_ring: str = "auto"       # ulvs run --rx-ring
     tx_ring: int = 4096         # ulvs run --tx-ring
     rx_pace: int | None = None  # ulvs run --rx-pace (us); None: ulvs's default
     retry_below: float = RETRY_BELOW   # 0: a failing search step is not run again
@@ -1394,8 +1394,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--no-rps", action="store_true", help="leave the director's receive processing unsteered")
-    ap.add_argument("--rx-ring", choices=("auto", "v3", "lanes"), default="v3",
-                    help="ulvs run --rx-ring (v3, ulvs's default)")
+    ap.add_argument("--rx-ring", choices=("auto", "v3", "lanes"), default="auto",
+                    help="ulvs run --rx-ring (auto, ulvs's default)")
     ap.add_argument("--tx-ring", type=int, default=4096, metavar="SLOTS", help="ulvs run --tx-ring (4096)")
     ap.add_argument("--rx-pace", type=int, metavar="USEC", help="ulvs run --rx-pace (ulvs's default)")
     args = ap.parse_args(argv)

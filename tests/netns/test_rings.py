@@ -1,6 +1,6 @@
-"""The afpacket receive layouts end to end: the TPACKET_V3 ring (the default, which every other
-netns test runs too) and the experimental ``auto`` (``--rx-ring auto``: the V3 ring under load,
-a quick socket at light load) and ``lanes`` (``--rx-ring lanes``) layouts."""
+"""The afpacket receive layouts end to end: ``auto`` (the default, which every other netns test
+runs too: the V3 ring under load, a quick socket at light load), the TPACKET_V3 ring alone
+(``--rx-ring v3``) and the experimental ``lanes`` (``--rx-ring lanes``)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def servers_of(results: list) -> list[str | None]:  # type: ignore[type-arg]
 pytestmark = pytest.mark.netns
 
 
-def test_v3_ring_is_the_default_and_serves_nat_in_order() -> None:
+def test_v3_ring_serves_nat_in_order() -> None:
     size = 50 * 1024 * 1024
-    with Lab() as lab, director(lab, nat_rules("rr", udp=False)) as d:
+    with Lab() as lab, director(lab, nat_rules("rr", udp=False), extra=("--rx-ring", "v3")) as d:
         got = [r.server for r in lab.http_get("client", lab.vip, count=6)]
         assert got == ["rs1", "rs2", "rs3"] * 2
         (r,) = lab.http_get("client", lab.vip, f"/bytes/{size}", timeout=120)
@@ -35,9 +35,9 @@ def test_v3_ring_is_the_default_and_serves_nat_in_order() -> None:
         assert "rx_quick" not in d.status()["daemon"]["ports"][lab.director_if_client]
 
 
-def test_auto_takes_light_traffic_on_the_quick_socket() -> None:
+def test_auto_is_the_default_and_takes_light_traffic_on_the_quick_socket() -> None:
     size = 50 * 1024 * 1024
-    with Lab() as lab, director(lab, nat_rules("rr", udp=False), extra=("--rx-ring", "auto")) as d:
+    with Lab() as lab, director(lab, nat_rules("rr", udp=False)) as d:
         assert "rx ring auto" in d.log_text()
         first = lab.http_get("client", lab.vip, count=3)
         time.sleep(0.1)           # a quiet spell: more than one rate window (20 ms)
@@ -55,10 +55,10 @@ def test_auto_takes_light_traffic_on_the_quick_socket() -> None:
 
 
 def test_two_auto_workers_steer_the_quick_sockets_too() -> None:
-    """With --workers 2 each worker's ring and quick socket join two fanout groups, and each
-    worker moves its own pair: at light load every new connection, whichever worker owns it,
-    is served through the quick sockets.  (That both groups get the steering program is
-    tests/unit/test_worker_fanout.py.)"""
+    """With --workers 2 both workers' rings and quick sockets join one fanout group per
+    interface, and each worker moves its own pair (its bit of the group's program): at light
+    load every new connection, whichever worker owns it, is served through the quick sockets.
+    (The program itself is tests/unit/test_fanout_program.py.)"""
     with Lab(clients=4) as lab, director(lab, nat_rules("rr", udp=False),
                                            extra=("--workers", "2", "--rx-ring", "auto")) as d:
         lab.http_get("client", lab.vip, count=2)

@@ -1,6 +1,6 @@
 """A worker's ``fanout`` message programs every fanout group its ports joined: the ring's and,
-for an ``auto`` ring, the quick sockets' (``lanes``: the big lanes') -- a group without the
-program hands every frame to its first member, worker 0."""
+for a ``lanes`` ring, the big lanes' -- a group without the program hands every frame to its
+first member, worker 0.  An ``auto`` ring's one group gets the program with its lane tail."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ulvs.io import afpacket, fanout
 from ulvs.runtime.worker import Worker
 
 
-class Port:
+class Socks:
     def __init__(self, socks: list[str]) -> None:
         self.socks = socks
 
@@ -26,17 +26,21 @@ def test_the_fanout_message_programs_every_group(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(fanout, "set_program", lambda sock, prog: got.append((sock, prog)))
     w = Worker.__new__(Worker)
     w.core = None                                             # type: ignore[assignment]
-    w.ports = {2: Port(["ring2", "quick2"]), 3: Port(["ring3", "quick3"])}  # type: ignore[dict-item]
+    lanes = afpacket.PacketRing.__new__(afpacket.PacketRing)
+    lanes.rx, lanes.big = "ring2", "big2"                     # type: ignore[assignment]
+    auto = afpacket.PacketRing.__new__(afpacket.PacketRing)
+    auto.rx, auto.quick = "ring3", "quick3"                   # type: ignore[assignment]
+    auto.steer = fanout.LaneGroup("ring3", fanout.LaneSeat(workers=2, index=1))  # type: ignore[arg-type]
+    w.ports = {2: lanes, 3: auto}
     masq = [socket.inet_aton("10.77.1.11"), socket.inet_aton("10.77.1.12")]
     assert w.handle({"op": "fanout", "masq": [a.hex() for a in masq]}) == {"ok": True}
-    want = fanout.client_key_program(masq)
-    assert [s for s, _ in got] == ["ring2", "quick2", "ring3", "quick3"]
-    assert all(prog == want for _, prog in got)
+    assert got == [("ring2", fanout.client_key_program(masq)), ("big2", fanout.client_key_program(masq)),
+                   ("ring3", fanout.client_key_program(masq, tail=fanout.lane_tail(2, 0)))]
 
 
 @pytest.mark.parametrize(("attrs", "want"), [
     ({}, ["rx"]),
-    ({"quick": "q"}, ["rx", "q"]),
+    ({"quick": "q"}, ["rx"]),             # one group: ring and quick socket
     ({"big": "b"}, ["rx", "b"]),
 ])
 def test_a_ring_lists_the_sockets_of_its_groups(attrs: dict[str, str], want: list[str]) -> None:

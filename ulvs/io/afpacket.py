@@ -3,23 +3,21 @@
 Receive uses ``ETH_P_ALL`` packet sockets with ``PACKET_VNET_HDR``
 (``Documentation/networking/packet_mmap.rst``), in one of three layouts (``RingConfig.mode``):
 
-* ``auto`` (experimental, ``--rx-ring auto``): the ``v3`` ring below and a *quick socket*, a
-  plain packet socket read one ``recvfrom_into`` a frame, both bound to the interface.  A
-  one-instruction socket filter on each (``ret #0x40000`` or ``ret #0``) lets one of them take
-  frames, and
-  ``ulvs.io.lanepick.LanePick`` moves the port between them: to the quick socket when the ring
-  has averaged under 30 kpps over 20 ms, back to the ring at once when a read of the quick
-  socket finds its whole budget waiting, and then for at least a second.  Under load the port
-  is the V3 ring; at light load a frame is forwarded when it arrives, not when its block is
-  handed over.  A move opens the new lane before it shuts the old one, and the lane left is read
-  out first (with the ring, its last block too, once the kernel hands it over), so no frame is
-  lost or overtaken -- but one that arrives between the two filter changes (each a classic-BPF
-  program the kernel compiles: tens of microseconds) comes twice, seen as one ACK counted and
-  forwarded twice in a 1 MB download (tests/netns/test_flowlog.py), which is why it is not the
-  default.  With
-  fanout, the quick sockets form a group of their own (the ring's number ^ ``QUICK_GROUP``) with
-  the same steering program, and each worker moves its own pair.
-* ``v3`` (the default): one TPACKET_V3 ring.  The kernel fills 1 MiB *blocks* with
+* ``auto`` (the default): the ``v3`` ring below and a *quick socket*, a plain packet
+  socket read one ``recvfrom_into`` a frame, both bound to the interface and both members of one
+  PACKET_FANOUT group, whose classic-BPF program picks the member that takes each frame
+  (``ulvs.io.fanout.LaneGroup``; with several workers, member ``2w`` is worker ``w``'s ring and
+  ``2w + 1`` its quick socket).  ``ulvs.io.lanepick.LanePick`` moves the port between them: to
+  the quick socket when the ring has averaged under 30 kpps over 20 ms, back to the ring at once
+  when a read of the quick socket finds its whole budget waiting, and then for at least a
+  second.  Under load the port is the V3 ring; at light load a frame is forwarded when it
+  arrives, not when its block is handed over.  A move is one program swap, which the kernel
+  makes in one store (and waits out the frames still running the old one before it returns), so
+  every frame reaches exactly one of the two; the lane left is read out first (with the ring,
+  its last block too, once the kernel hands it over), so no frame is lost, doubled or overtaken.
+  (Two socket filters, one opened before the other shut, were not atomic: a frame arriving in
+  between came twice, one ACK counted twice in tests/netns/test_flowlog.py.)
+* ``v3``: one TPACKET_V3 ring.  The kernel fills 1 MiB *blocks* with
   variable-size frames and hands a block over when it is full or when its timeout (1 ms, the
   smallest there is) expires.  Few wakeups under load, but at light load every frame waits up to
   that 1 ms: a request/response crosses the director twice, so keep-alive transactions were
@@ -136,7 +134,6 @@ RING_MODES = ("auto", "lanes", "v3")
 HOLE_SPAN = 32          # filled slots after an unfilled one that make it a hole
 BIG_BATCHES = 4         # big-lane batches a batches() call hands over at most
 HOLE_WAIT = 0.001       # s an unfilled slot may trail a filled one before it is a hole
-QUICK_GROUP = 0x4000    # an auto ring's quick sockets: fanout group (the ring's) ^ this
 BIG_GROUP = 0x8000      # a lanes ring's big lanes: fanout group ^ this
 QUICK_RCVBUF = 1 << 21  # the quick socket queue: ~2,500 small frames or 30 GSO super-packets
 RING_WAIT = 0.005       # s: the longest an auto ring waits for its last block after a move
@@ -144,7 +141,7 @@ RING_WAIT = 0.005       # s: the longest an auto ring waits for its last block a
 
 @dataclass(frozen=True, slots=True)
 class RingConfig:
-    mode: str = "v3"               # see the module docstring
+    mode: str = "auto"             # see the module docstring
     # v3
     block_size: int = 1 << 20      # 1 MiB: room for GSO super-packets (64 KiB)
     block_count: int = 16
@@ -228,7 +225,12 @@ class PacketRing:
     pick: LanePick | None = None          # auto: which of the two takes frames
     _leaving = False
 
-    def __init__(self, ifname: str, cfg: RingConfig = RingConfig(), fanout_group: int | None = None) -> None:
+    steer: fanout.LaneGroup | None = None    # auto: the program choosing between ring and quick
+
+    def __init__(self, ifname: str, cfg: RingConfig = RingConfig(), fanout_group: int | None = None,
+                 seat: fanout.LaneSeat | None = None) -> None:
+        """``fanout_group``: join this interface's group of workers (``seat``: this worker's
+        place in it, for an auto ring)."""
         if cfg.mode not in RING_MODES:
             raise ValueError(f"unknown ring mode {cfg.mode!r} (allowed: {', '.join(RING_MODES)})")
         self.ifname = ifname
@@ -256,8 +258,6 @@ class PacketRing:
                 req = _REQ3.pack(cfg.block_size, cfg.block_count, cfg.frame_size,
                                  cfg.block_size // cfg.frame_size * cfg.block_count, cfg.retire_ms, 0, 0)
                 size = cfg.block_size * cfg.block_count
-                if self.pick is not None:
-                    _attach_filter(self.rx, _KEEP_ALL)     # the ring takes frames first
             self.rx.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             self.rx.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
             self.rx.bind((ifname, ETH_P_ALL))
@@ -265,14 +265,14 @@ class PacketRing:
                 self.big = self._open_big_lane(ifname)
             if self.pick is not None:
                 self.quick = self._open_quick(ifname)
-            if fanout_group is not None:
+            if self.quick is not None:
+                self._join_lanes(fanout_group, seat or fanout.LaneSeat())
+            elif fanout_group is not None:
                 # Workers join in index order (the daemon starts them one at a time), so member
-                # k of the ring group and of the big-lane or quick group is the same worker.
+                # k of the ring group and of the big-lane group is the same worker.
                 self.fanout_ignores_outgoing = fanout.join(self.rx, fanout_group)
                 if self.big is not None:
                     fanout.join(self.big, fanout_group ^ BIG_GROUP)
-                if self.quick is not None:
-                    fanout.join(self.quick, fanout_group ^ QUICK_GROUP)
             self.map = mmap.mmap(self.rx.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             self.tx.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
@@ -348,9 +348,33 @@ class PacketRing:
         frames in (it starts shut: the ring takes them first)."""
         return _plain_socket(ifname, _KEEP_NONE, QUICK_RCVBUF)
 
+    def _join_lanes(self, group: int | None, seat: fanout.LaneSeat) -> None:
+        """An auto ring: the ring, then the quick socket, join one group (a new one of the
+        kernel's numbering without ``group``).  The quick socket is shut until it has joined:
+        before, its own hook would hand it a copy of every frame."""
+        assert self.quick is not None
+        if group is None:
+            self.fanout_ignores_outgoing = fanout.join(self.rx, 0, unique=True)
+            group = fanout.group_id(self.rx)
+        else:
+            self.fanout_ignores_outgoing = fanout.join(self.rx, group)
+        fanout.join(self.quick, group)
+        _attach_filter(self.quick, _KEEP_ALL)
+        self.steer = fanout.LaneGroup(self.rx, seat, background=True)
+
     def fanout_sockets(self) -> list[socket.socket]:
         """One socket of each fanout group this port joined (each group needs the program)."""
-        return [s for s in (self.rx, self.big, self.quick) if s is not None]
+        return [s for s in (self.rx, self.big) if s is not None]
+
+    def set_masq(self, masq: list[bytes]) -> None:
+        """Steer the replies of these masq dest addresses to the worker owning their client
+        (a port in a fanout group of workers)."""
+        if self.steer is not None:
+            self.steer.set_masq(masq)
+            return
+        program = fanout.client_key_program(masq)
+        for sock in self.fanout_sockets():
+            fanout.set_program(sock, program)
 
     def fileno(self) -> int:
         fd: int = self.epoll.fileno() if self.epoll is not None else self.rx.fileno()
@@ -486,13 +510,10 @@ class PacketRing:
         return True
 
     def _switch(self, quick: bool) -> None:
-        """Let the other lane take frames: it opens before this one shuts, so no frame finds
-        both shut (one arriving in between may come twice, as after a retransmission)."""
-        assert self.quick is not None
+        """Let the other lane take frames: one swap of the group's program."""
+        assert self.steer is not None
         self._leaving = True
-        opening, shutting = (self.quick, self.rx) if quick else (self.rx, self.quick)
-        _attach_filter(opening, _KEEP_ALL)
-        _attach_filter(shutting, _KEEP_NONE)
+        self.steer.set_quick(quick)
 
     def _drop_block(self, boff: int) -> None:
         """Receive livelock guard: in an overload the ring fills with frames that take the core
@@ -802,9 +823,12 @@ class PacketRing:
             return {}
         return {"rx_quick": self.rx_quick, "rx_quick_now": int(pick.quick),
                 "rx_to_quick": pick.to_quick, "rx_to_ring": pick.to_ring,
-                "rx_ring_waits": self.rx_ring_waits}
+                "rx_ring_waits": self.rx_ring_waits,
+                "rx_lane_refused": self.steer.failed if self.steer is not None else 0}
 
     def close(self) -> None:
+        if self.steer is not None:
+            self.steer.close()
         self.view.release()
         self.map.close()
         if self.txview is not None:

@@ -8,8 +8,9 @@ request needs three such round trips).  A plain packet socket is the other way r
 the reader for every frame, microseconds after it came, and at a flood spends a wakeup and a
 system call on each.
 
-An ``auto`` ring has both on its interface, and a socket filter on each lets exactly one of them
-take frames (``ulvs.io.afpacket``).  ``LanePick`` is the policy, pure and given ``now``:
+An ``auto`` ring has both on its interface, in one fanout group whose program hands each frame
+to exactly one of them (``ulvs.io.afpacket``, ``ulvs.io.fanout.LaneGroup``).  ``LanePick`` is
+the policy, pure and given ``now``:
 
 * On the ring, it counts the frames of each read over a window of ``window`` seconds; a window
   that averaged fewer than ``quick_below_pps`` frames a second (a trickle, or the first frames
@@ -19,10 +20,9 @@ take frames (``ulvs.io.afpacket``).  ``LanePick`` is the policy, pure and given 
   least ``hold`` seconds before a quiet window may move it again, so a load near the threshold
   does not make the port flap.
 
-Frames are not lost in a move: the lane being left keeps what it already holds and is read out
-first (see ``PacketRing``), so a connection's frames stay in order.  A frame that arrives while
-the two filters change is taken by both lanes and forwarded twice; that is why ``auto`` is not
-the default layout.
+Frames are not lost or doubled in a move: it is one swap of the group's program, and the lane
+being left keeps what it already holds and is read out first (see ``PacketRing``), so a
+connection's frames stay in order.
 """
 
 from __future__ import annotations

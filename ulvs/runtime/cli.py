@@ -36,12 +36,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="dataplane processes (afpacket): traffic spread by PACKET_FANOUT on the client "
                         "endpoint, so both directions of a connection meet the worker that owns it")
-    p.add_argument("--rx-ring", choices=("auto", "lanes", "v3"), default="v3",
-                   help="afpacket receive layout: 'v3' (default): a TPACKET_V3 ring (fewer wakeups, up "
-                        "to 1 ms of added latency per frame); 'auto' (experimental): that ring under "
-                        "load and a socket that hands each frame over at once when the rate is low "
-                        "(below 30 kpps), switched by socket filters (a frame arriving during a "
-                        "switch may be forwarded twice); 'lanes' (experimental): a TPACKET_V2 "
+    p.add_argument("--rx-ring", choices=("auto", "lanes", "v3"), default="auto",
+                   help="afpacket receive layout: 'auto' (default): a TPACKET_V3 ring under load and "
+                        "a socket that hands each frame over at once when the rate is low (below 30 "
+                        "kpps), both in one PACKET_FANOUT group whose program picks one (a move is "
+                        "one program swap); 'v3': the TPACKET_V3 ring alone (fewer wakeups at light "
+                        "load, up to 1 ms of added latency per frame); 'lanes' (experimental): a TPACKET_V2 "
                         "ring for ordinary frames plus a socket for GSO super-packets (under "
                         "sustained overload its ring can fall out of step with the kernel's)")
     p.add_argument("--tx-ring", type=int, default=4096, metavar="SLOTS",

@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import stat
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from ulvs.config.schema import Config
 from ulvs.core import Core, FwdMethod
 from ulvs.io.afpacket import PacketRing, RingConfig, RingError, has_capability
 from ulvs.io.base import Port
+from ulvs.io.fanout import MAX_LANE_WORKERS
 from ulvs.io.tap import TapError, TapPort
 from ulvs.packet.layouts import ARP, ETH, ETH_P_ARP
 from ulvs.runtime.configfile import DaemonConfig
@@ -101,7 +103,7 @@ class Options:
     conn_limit: int = 1_000_000
     workers: int = 1
     gro: bool = True
-    rx_ring: str = "v3"                 # afpacket receive layout (ulvs.io.afpacket.RING_MODES)
+    rx_ring: str = "auto"               # afpacket receive layout (ulvs.io.afpacket.RING_MODES)
     tx_ring: int = 4096                 # afpacket transmit ring slots (0: a send() per frame)
     rx_pace: float = DEFAULT_INTERVAL   # s: read a busy per-frame port on a timer (0: never; rxwatch)
     control_group: str | None = None   # group admitted to the control socket (mode 0660)
@@ -168,6 +170,7 @@ class Daemon:
         self.steering: TapSteering | None = None
         self.tap: TapPort | None = None
         self.links: list[WorkerLink] = []   # dataplane worker processes (--workers N > 1)
+        self._lane_file: Any = None         # their auto rings' shared lane bits (--rx-ring auto)
         self.resolver: Resolver | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._rx: RxWatch | None = None
@@ -238,6 +241,9 @@ class Daemon:
             raise DaemonError("no interface to attach to: none is UP (give --interface)")
         if self.opts.workers > 1 and self.opts.backend != "afpacket":
             raise DaemonError("--workers needs the afpacket backend")
+        if self.opts.rx_ring == "auto" and self.opts.workers > MAX_LANE_WORKERS:
+            raise DaemonError(f"--rx-ring auto takes at most {MAX_LANE_WORKERS} workers (give --rx-ring v3 "
+                              "for more)")
         sync = self._config.sync if self._config is not None else None
         if sync is not None and self.opts.workers > 1:
             raise DaemonError("connection sync ([sync], lvs_sync_daemon) works with one dataplane "
@@ -304,9 +310,14 @@ class Daemon:
         # fanout groups, and both receive lanes of an interface must list the workers in the
         # same order (member k of each group is worker k; see ulvs.io.afpacket).
         self.links = []
+        lane_fd = None
+        if self.opts.rx_ring == "auto":
+            # the workers' lane bits (ulvs.io.fanout.LaneShare): an unlinked file, gone with us
+            self._lane_file = tempfile.TemporaryFile()
+            lane_fd = self._lane_file.fileno()
         for i in range(self.opts.workers):
             link = WorkerLink(i, sorted(names), base, self.opts.conn_limit, self.opts.rx_ring,
-                              self.opts.tx_ring, self.opts.rx_pace)
+                              self.opts.tx_ring, self.opts.rx_pace, self.opts.workers, lane_fd)
             self.links.append(link)
             for p in self.ports.values():
                 a = addrs.get(p.ifname)
@@ -469,6 +480,9 @@ class Daemon:
         for link in self.links:
             link.stop()
         self.links = []
+        if self._lane_file is not None:
+            self._lane_file.close()
+            self._lane_file = None
         for port in self.ports.values():
             if getattr(port, "holes", 0):
                 log.warning("%s: stepped over %d unfilled receive-ring slot(s) under overload",

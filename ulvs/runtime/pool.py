@@ -33,15 +33,23 @@ class WorkerLink:
     """One worker process and the socket to it."""
 
     def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
-                 rx_ring: str = "v3", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL) -> None:
+                 rx_ring: str = "auto", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL,
+                 workers: int = 1, lane_fd: int | None = None) -> None:
+        """``lane_fd``: the file the workers' auto rings keep their lane bits in (one for all
+        workers, ``ulvs.io.fanout.LaneShare``)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [sys.executable, "-m", "ulvs.runtime.worker", "--control-fd", str(child.fileno()),
                 "--index", str(index), "--group-base", str(group_base), "--conn-limit", str(conn_limit),
-                "--rx-ring", rx_ring, "--tx-ring", str(tx_ring), "--rx-pace", repr(rx_pace)]
+                "--rx-ring", rx_ring, "--tx-ring", str(tx_ring), "--rx-pace", repr(rx_pace),
+                "--workers", str(workers)]
+        fds = [child.fileno()]
+        if lane_fd is not None:
+            argv += ["--lane-fd", str(lane_fd)]
+            fds.append(lane_fd)
         for name in interfaces:
             argv += ["--interface", name]
         self.index = index
-        self.proc = subprocess.Popen(argv, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL)
         child.close()
         self.sock = parent
         self.file = parent.makefile("rwb")

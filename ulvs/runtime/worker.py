@@ -2,7 +2,9 @@
 
 The main process starts N workers (``python -m ulvs.runtime.worker``) and keeps one stream
 socket to each (newline-delimited JSON, like the control socket). A worker:
-* opens a TPACKET_V3 ring per interface, joining that interface's PACKET_FANOUT group;
+* opens a receive port per interface (``--rx-ring``), joining that interface's PACKET_FANOUT
+  group (an ``auto`` port: its ring and its quick socket, whose lane bits the workers share in
+  the file ``--lane-fd``, see ``ulvs.io.fanout.LaneShare``);
 * decides its frames with its own ``Core`` and connection table, and sends them;
 * applies the control requests the main process forwards;
 * applies neighbour and interface facts, local addresses, and the fanout steering program;
@@ -39,16 +41,19 @@ def fanout_group(base: int, ifindex: int) -> int:
 
 class Worker:
     def __init__(self, index: int, interfaces: list[str], group_base: int, conn_limit: int,
-                 rx_ring: str = "v3", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL) -> None:
+                 rx_ring: str = "auto", tx_ring: int = 4096, rx_pace: float = DEFAULT_INTERVAL,
+                 workers: int = 1, lane_fd: int | None = None) -> None:
         self.index = index
         self.rx_pace = rx_pace
         self.core = Core(conn_limit=conn_limit)
         self.estimator = RateEstimator()
         self.ports: dict[int, PacketRing] = {}
-        for name in interfaces:
+        share = fanout.LaneShare(len(interfaces), lane_fd) if rx_ring == "auto" else None
+        for slot, name in enumerate(interfaces):
             ifindex = socket.if_nametoindex(name)
+            seat = fanout.LaneSeat(workers, index, share, slot) if share is not None else None
             ring = PacketRing(name, RingConfig(mode=rx_ring, tx_slot_count=tx_ring),
-                              fanout_group=fanout_group(group_base, ifindex))
+                              fanout_group=fanout_group(group_base, ifindex), seat=seat)
             if not ring.fanout_ignores_outgoing and index == 0:
                 log.info("%s: this kernel's fanout groups see outgoing frames; the ring readers "
                          "skip them (rx_outgoing)", name)
@@ -81,10 +86,9 @@ class Worker:
             core.set_local_addrs(msg["addrs"])
             return {"ok": True}
         if op == "fanout":
-            program = fanout.client_key_program(bytes.fromhex(a) for a in msg["masq"])
+            masq = [bytes.fromhex(a) for a in msg["masq"]]
             for ring in self.ports.values():
-                for sock in ring.fanout_sockets():
-                    fanout.set_program(sock, program)
+                ring.set_masq(masq)
             return {"ok": True}
         if op == "unresolved":
             addrs = sorted(a.hex() for a in core.unresolved)
@@ -180,15 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-base", type=int, required=True)
     ap.add_argument("--conn-limit", type=int, required=True)
     ap.add_argument("--interface", action="append", default=[])
-    ap.add_argument("--rx-ring", choices=RING_MODES, default="v3")
+    ap.add_argument("--rx-ring", choices=RING_MODES, default="auto")
     ap.add_argument("--tx-ring", type=int, default=4096)
     ap.add_argument("--rx-pace", type=float, default=DEFAULT_INTERVAL)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--lane-fd", type=int, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s ulvs-worker{args.index}[%(process)d] %(levelname)s %(message)s")
     control = socket.socket(fileno=args.control_fd)
     worker = Worker(args.index, args.interface, args.group_base, args.conn_limit, args.rx_ring, args.tx_ring,
-                    args.rx_pace)
+                    args.rx_pace, args.workers, args.lane_fd)
     try:
         try:
             import uvloop
