@@ -195,3 +195,38 @@ def test_moves_in_the_background_keep_their_order_and_count_refusals(monkeypatch
     bad.set_quick(True)
     bad.close()
     assert bad.failed == 1
+
+
+def test_a_masq_change_and_a_move_in_the_background_do_not_drop_each_others_work(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record lock does not keep two threads of one process apart; the group's own lock
+    does.  Without it: the mover reads the bits and is slow to write them back, the worker's
+    thread reads the old bits for a masq change, and its program, set last, drops the move."""
+    import threading
+    import time
+
+    got: list[list[Insn]] = []
+    entered = threading.Event()
+    main = threading.current_thread()
+
+    def swap(sock: object, prog: list[Insn]) -> None:
+        if threading.current_thread() is main:
+            time.sleep(0.1)         # the kernel's grace period, as it were
+        got.append(prog)
+
+    share = LaneShare(1)
+    slow_put = share.put
+
+    def put(slot: int, bits: int) -> None:
+        entered.set()
+        time.sleep(0.05)
+        slow_put(slot, bits)
+
+    monkeypatch.setattr(fanout, "set_program", swap)
+    monkeypatch.setattr(share, "put", put)
+    g = LaneGroup("s", LaneSeat(workers=2, index=0, share=share), background=True)  # type: ignore[arg-type]
+    g.set_quick(True)
+    assert entered.wait(5)
+    g.set_masq(MASQ)
+    g.close()
+    assert got[-1] == client_key_program(MASQ, tail=lane_tail(2, 0b01))

@@ -34,6 +34,7 @@ import errno
 import fcntl
 import os
 import socket
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -246,6 +247,9 @@ class LaneGroup:
         self.masq: list[bytes] = []
         self.swaps = 0          # programs set (moves and masq changes)
         self.failed = 0         # moves the kernel refused (the port stays where it was)
+        # POSIX record locks belong to the process: this one keeps the mover thread and a masq
+        # change on the worker's own thread apart.
+        self._lock = threading.Lock()
         self._mover = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lanes")
                        if background else None)
 
@@ -282,7 +286,7 @@ class LaneGroup:
     def _apply(self, quick: bool | None) -> None:
         seat = self.seat
         bit = 1 << seat.index
-        with seat.share.locked():
+        with self._lock, seat.share.locked():
             bits = seat.share.get(seat.slot)
             if quick is not None:
                 bits = bits | bit if quick else bits & ~bit
