@@ -245,7 +245,6 @@ class LaneGroup:
         self.sock = sock
         self.seat = seat
         self.masq: list[bytes] = []
-        self.swaps = 0          # programs set (moves and masq changes)
         self.failed = 0         # moves the kernel refused (the port stays where it was)
         # POSIX record locks belong to the process: this one keeps the mover thread and a masq
         # change on the worker's own thread apart.
@@ -292,4 +291,3 @@ class LaneGroup:
                 bits = bits | bit if quick else bits & ~bit
                 seat.share.put(seat.slot, bits)
             set_program(self.sock, self.program(bits))
-            self.swaps += 1

@@ -307,8 +307,9 @@ class Daemon:
             set_neighbor=self._set_neighbor)
         base = group_base()
         # One worker at a time: a worker answers its first message only after joining its
-        # fanout groups, and both receive lanes of an interface must list the workers in the
-        # same order (member k of each group is worker k; see ulvs.io.afpacket).
+        # fanout groups, whose members must be in worker order (lanes: member k of each of the
+        # two groups is worker k; auto: members 2k and 2k + 1 of the one group, its ring and
+        # its quick socket; see ulvs.io.afpacket and ulvs.io.fanout).
         self.links = []
         lane_fd = None
         if self.opts.rx_ring == "auto":
