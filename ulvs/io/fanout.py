@@ -193,7 +193,6 @@ class LaneShare:
 
     def __init__(self, slots: int, fd: int | None = None) -> None:
         self.fd = fd
-        self.slots = slots
         self._mem = [0] * slots
         if fd is not None and os.fstat(fd).st_size < 4 * slots:
             os.ftruncate(fd, 4 * slots)
