@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from array import array
+from collections.abc import Sequence
 
 import pytest
 
@@ -308,9 +310,24 @@ def forwarded_batch(sizes: list[int], verdicts: list[int], egress: list[int]) ->
 def test_transmit_forwarded_sends_what_transmit_would_frame_by_frame(ring: bool,
                                                                      busy_slot: int | None) -> None:
     # verdict 1 and egress 5: ours; other egress: another port's; verdict 0/2: dropped, passed
+    check_transmit_forwarded(ring, busy_slot, [1, 1, 1, 0, 1, 2, 1, 1, 1], [5, 5, 5, 5, 9, 5, 5, 5, 5])
+
+
+@pytest.mark.parametrize("ring", [True, False])
+@pytest.mark.parametrize(("verdicts", "egress"), [
+    ([1, 1, 1, 1, 1, 1, 1, 1, 1], [9, 9, 9, 9, 9, 9, 9, 9, 9]),   # none of the batch leaves here
+    ([1, 0, 1, 1, 2, 1, 1, 1, 1], [9, 5, 9, 5, 5, 9, 5, 9, 5]),   # ours only from the 4th on
+    ([0, 2, 1, 1, 1, 1, 1, 1, 1], [5, 5, 9, 9, 9, 9, 9, 9, 9]),   # an old egress of ours, not forwarded
+])
+def test_transmit_forwarded_skips_the_frames_of_other_ports(ring: bool, verdicts: list[int],
+                                                            egress: list[int]) -> None:
+    check_transmit_forwarded(ring, None, verdicts, array("l", egress))   # the core's egress type
+
+
+def check_transmit_forwarded(ring: bool, busy_slot: int | None, verdict_list: list[int],
+                             egress: Sequence[int]) -> None:
     sizes = [60, 70, 64000, 80, 90, 100, 1500, 61, 62]
-    verdicts = bytearray([1, 1, 1, 0, 1, 2, 1, 1, 1])
-    egress = [5, 5, 5, 5, 9, 5, 5, 5, 5]
+    verdicts = bytearray(verdict_list)
     got = {}
     for how in ("each", "batch"):
         r, log = make_ring(slots=SLOTS, ring=ring)
@@ -330,8 +347,11 @@ def test_transmit_forwarded_sends_what_transmit_would_frame_by_frame(ring: bool,
     assert got["batch"] == got["each"]
     log = got["batch"][0]
     sent = [data for name, data, _ in log if name == "tx"]
+    ours = [j for j in range(len(sizes)) if verdicts[j] == 1 and egress[j] == 5]
     if not ring:    # every frame of ours, in batch order, on the plain socket
-        assert sent == [wire(frame(j + 1, sizes[j]), VNET_F_NEEDS_CSUM if j % 3 else 0)
-                        for j in (0, 1, 2, 6, 7, 8)]
+        assert sent == [wire(frame(j + 1, sizes[j]), VNET_F_NEEDS_CSUM if j % 3 else 0) for j in ours]
     else:           # the super-packet and the 1,500-byte frame never fit a 256-byte slot
-        assert wire(frame(3, 64000), VNET_F_NEEDS_CSUM) in sent
+        assert [d for d in sent if len(d) > 256] == [
+            wire(frame(j + 1, sizes[j]), VNET_F_NEEDS_CSUM if j % 3 else 0) for j in ours if sizes[j] > 200]
+        if busy_slot is None:   # the rest through the ring
+            assert r.tx_ring_frames == sum(1 for j in ours if sizes[j] <= 200)

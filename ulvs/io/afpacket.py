@@ -737,6 +737,14 @@ class PacketRing:
             transmit_each(self, b, verdicts, egress, n)
             return
         me = self.ifindex
+        try:
+            # A batch's frames mostly leave by one port (a flow's both directions come in on
+            # different ones): a C-level search finds where this port's first one can be, and
+            # skips a batch with none at a fifth of a Python loop's cost.  (An entry of a frame
+            # not forwarded may still hold an old egress: then the loop runs and skips it.)
+            first = egress.index(me, 0, n)
+        except ValueError:
+            return
         bufs, offs, lens = b.bufs, b.offs, b.lens
         m = self.txmap
         size, count = self.cfg.tx_slot_size, self.cfg.tx_slot_count
@@ -744,7 +752,7 @@ class PacketRing:
         pack = _TXHDR.pack_into
         slot = self._tx_slot
         queued = 0
-        for j in range(n):
+        for j in range(first, n):
             if verdicts[j] != 1 or egress[j] != me:
                 continue
             off = offs[j]
