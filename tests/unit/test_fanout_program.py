@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
+import time
 
 import pytest
 from hypothesis import given
@@ -230,3 +232,41 @@ def test_a_masq_change_and_a_move_in_the_background_do_not_drop_each_others_work
     g.set_masq(MASQ)
     g.close()
     assert got[-1] == client_key_program(MASQ, tail=lane_tail(2, 0b01))
+
+
+def test_the_quick_socket_is_closed_only_once_a_swap_to_the_ring_is_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``quick_closed`` tells the reader when the kernel can hand the quick socket nothing more:
+    not while a move is under way, not after a move to it, and not after a refused move away."""
+    release = threading.Event()
+    state = {"refuse": False}
+
+    def swap(sock: object, prog: list[Insn]) -> None:
+        release.wait(10)
+        if state["refuse"]:
+            raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(fanout, "set_program", swap)
+    g = LaneGroup("s", LaneSeat(), background=True)             # type: ignore[arg-type]
+    assert g.quick_closed()                                      # a new group: the ring (member 0)
+    g.set_quick(True)
+    assert not g.quick_closed()
+    release.set()
+    g.close()
+    assert not g.quick_closed()                                  # on the quick socket
+    release.clear()
+    g = LaneGroup("s", LaneSeat(), background=True)             # type: ignore[arg-type]
+    g.set_quick(True)
+    g.set_quick(False)
+    release.set()
+    g.close()
+    assert g.quick_closed() and (g.requested, g.done) == (2, 2)
+    g = LaneGroup("s", LaneSeat(), background=True)             # type: ignore[arg-type]
+    g.set_quick(True)
+    deadline = time.monotonic() + 10
+    while g.done < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    state["refuse"] = True
+    g.set_quick(False)                                           # refused: still on the quick socket
+    g.close()
+    assert g.failed == 1 and (g.requested, g.done) == (2, 2) and not g.quick_closed()

@@ -45,11 +45,13 @@ class FakeQuick:
 
     def __init__(self) -> None:
         self.queue: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.reads = 0
 
     def put(self, *frames: bytes, pkttype: int = 0) -> None:
         self.queue.extend((f, pkttype) for f in frames)
 
     def recvfrom_into(self, buf: bytearray) -> tuple[int, tuple[Any, ...]]:
+        self.reads += 1
         if not self.queue:
             raise BlockingIOError
         frame, pkttype = self.queue.popleft()
@@ -67,15 +69,20 @@ def clocks(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
 
 
 class FakeSteer:
-    """The fanout group's program: which lane each swap opened."""
+    """The fanout group's program: which lane each swap opened; ``in_flight``: the last swap is
+    not over yet (the kernel may still steer by the program before it)."""
 
     failed = 0
 
     def __init__(self) -> None:
         self.moves: list[str] = []
+        self.in_flight = False
 
     def set_quick(self, quick: bool) -> None:
         self.moves.append("quick" if quick else "ring")
+
+    def quick_closed(self) -> bool:
+        return not self.in_flight and (not self.moves or self.moves[-1] == "ring")
 
 
 @pytest.fixture
@@ -233,3 +240,54 @@ def test_counters_add_the_quick_sockets_statistics() -> None:
     got = ring.counters()
     assert (got["rx_packets"], got["rx_ring_drops"], got["rx_freezes"]) == (17 - 5, 5, 1)
     assert got["rx_quick"] == 4 and got["rx_quick_now"] == 0 and got["rx_ring_waits"] == 0
+
+
+def test_on_the_ring_a_closed_quick_socket_is_not_read(clocks: dict[str, float],
+                                                       moves: list[str]) -> None:
+    """Once the program steers to the ring, with no swap under way, a read that empties the
+    quick socket is its last: later ring reads make no system call on it."""
+    ring = make_auto(quick=False)
+    quick: Any = ring.quick
+    fill_block(ring, 0, [payload(0, 0)], seq=1)
+    assert read(ring) == [payload(0, 0)] and quick.reads == 1     # emptied once: closed
+    for k in (1, 2):
+        fill_block(ring, k, [payload(k, 0)], seq=k + 1)
+        assert read(ring) == [payload(k, 0)]
+    assert quick.reads == 1
+
+
+def test_a_move_to_the_ring_reads_the_quick_socket_until_the_swap_is_over(
+        clocks: dict[str, float], moves: list[str]) -> None:
+    """While a swap to the ring is under way, another CPU may still steer frames to the quick
+    socket by the old program: those come before the ring's, on every read, until the swap is
+    over and a read has found the queue empty."""
+    ring = make_auto(quick=True)
+    quick: Any = ring.quick
+    steer: Any = afpacket.PacketRing.steer
+    queued = [q(j) for j in range(POOL * ROUNDS)]
+    quick.put(*queued)
+    steer.in_flight = True
+    assert read(ring) == queued and moves == ["ring"] and ring.backlog   # full: to the ring
+    fill_block(ring, 0, [payload(0, 0)], seq=1)
+    quick.put(q(20))                                              # the old program, meanwhile
+    assert read(ring) == [q(20), payload(0, 0)]
+    fill_block(ring, 1, [payload(1, 0)], seq=2)
+    assert read(ring) == [payload(1, 0)]                          # empty, but the swap is not over
+    steer.in_flight = False
+    quick.put(q(21))                                              # steered just before it ended
+    fill_block(ring, 2, [payload(2, 0)], seq=3)
+    assert read(ring) == [q(21), payload(2, 0)]                   # asked before this read: closed
+    reads = quick.reads
+    fill_block(ring, 3, [payload(3, 0)], seq=4)
+    assert read(ring) == [payload(3, 0)] and quick.reads == reads
+
+
+def test_a_refused_move_to_the_ring_keeps_reading_the_quick_socket(
+        clocks: dict[str, float], moves: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = make_auto(quick=False)
+    quick: Any = ring.quick
+    monkeypatch.setattr(FakeSteer, "quick_closed", lambda self: False)   # still steering to quick
+    for k in range(3):
+        quick.put(q(k))
+        fill_block(ring, k, [payload(k, 0)], seq=k + 1)
+        assert read(ring) == [q(k), payload(k, 0)]

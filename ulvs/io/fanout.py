@@ -245,6 +245,12 @@ class LaneGroup:
         self.seat = seat
         self.masq: list[bytes] = []
         self.failed = 0         # moves the kernel refused (the port stays where it was)
+        # Whether the quick socket can still be handed frames (``quick_closed``): moves asked
+        # for (by the reader's thread), moves over (by the mover's), and where the last program
+        # the kernel took steers this worker's frames (set before ``done`` is counted).
+        self.requested = 0
+        self.done = 0
+        self.quick_on = False
         # POSIX record locks belong to the process: this one keeps the mover thread and a masq
         # change on the worker's own thread apart.
         self._lock = threading.Lock()
@@ -265,16 +271,25 @@ class LaneGroup:
         """Move this worker's share of the interface to its quick socket (or its ring): one
         program swap, which the kernel makes in one store.  In the background the reader goes
         on meanwhile: it reads both lanes around a move (``PacketRing._auto_batches``)."""
+        self.requested += 1
         if self._mover is None:
-            self._apply(quick)
+            self._move(quick)
         else:
             self._mover.submit(self._move, quick)
+
+    def quick_closed(self) -> bool:
+        """True when the kernel hands the quick socket nothing more: every move asked for is
+        over and the program it left steers to the ring.  (The swap returns only after a grace
+        period, so no CPU still runs an older program: what it steered is queued by then.)"""
+        return self.done == self.requested and not self.quick_on
 
     def _move(self, quick: bool) -> None:
         try:
             self._apply(quick)
         except OSError:
             self.failed += 1
+        finally:
+            self.done += 1
 
     def close(self) -> None:
         """Wait for a move under way (before the sockets close)."""
@@ -290,3 +305,4 @@ class LaneGroup:
                 bits = bits | bit if quick else bits & ~bit
                 seat.share.put(seat.slot, bits)
             set_program(self.sock, self.program(bits))
+            self.quick_on = bool(bits & bit)
