@@ -256,3 +256,41 @@ def test_auto_moves_under_traffic_neither_double_nor_reorder_a_frame(workers: in
     assert not disorder, f"{len(disorder)} frames out of order, first {disorder[:5]}"
     # frames may be lost in an overrun (counted as drops), not many: the bursts fit the ring
     assert len(seqs) >= 0.9 * total, (len(seqs), total, after)
+
+
+_FOREIGN = r"""
+import socket, sys
+ifname, src, dst_ip = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), sys.argv[3]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+ip = bytes.fromhex("450000200000400040110000") + socket.inet_aton("10.77.1.10") + socket.inet_aton(dst_ip)
+total = sum(int.from_bytes(ip[i:i + 2], "big") for i in range(0, 20, 2))
+total = (total & 0xFFFF) + (total >> 16)
+ip = ip[:10] + (~total & 0xFFFF).to_bytes(2, "big") + ip[12:]   # a bridge drops a bad header sum
+udp = (4000).to_bytes(2, "big") + (5353).to_bytes(2, "big") + (12).to_bytes(2, "big") + bytes(2) + b"abcd"
+for _ in range(5):   # to a MAC nobody has: the bridge floods it, the director sees OTHERHOST
+    s.send(bytes.fromhex("020000000099") + src + b"\x08\x00" + ip + udp)
+"""
+
+
+def test_the_quick_socket_counts_frames_for_another_host_and_forwards_none() -> None:
+    """The quick socket is read without the sender's address (CPython looks up the interface's
+    name with an ioctl for every ``recvfrom``): its filter cuts a frame for another host to a
+    marker length instead.  Checked with the kernel's own filter: frames flooded to the director
+    for a MAC it does not have are counted, and not one reaches a real server."""
+    with Lab() as lab, director(lab, nat_rules("rr")) as d:
+        assert lab.udp_echo("client", lab.vip, "before") != [None]
+        time.sleep(0.1)                         # quiet: the next read moves the port to the quick socket
+        assert lab.udp_echo("client", lab.vip, "again") != [None]
+        before = d.status()["daemon"]["ports"][lab.director_if_client]
+        lab.python("client", _FOREIGN, lab.client_if, lab.mac("client", lab.client_if), lab.vip,
+                   check=True)
+        time.sleep(0.3)
+        after = d.status()["daemon"]["ports"][lab.director_if_client]
+        assert after["rx_quick_now"] == 1, after
+        assert after["rx_other_host"] - before["rx_other_host"] == 5, (before, after)
+        conns = d.ulvsadm("-L", "-n", "-c")
+        replies = lab.udp_echo("client", lab.vip, "after")
+        assert replies != [None] and replies[0] is not None and replies[0].endswith(":after"), replies
+    # the datagrams from 10.77.1.10:4000 made no connection (one would have been listed)
+    assert "10.77.1.10:4000" not in conns.stdout

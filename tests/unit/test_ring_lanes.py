@@ -134,28 +134,46 @@ def test_an_unfilled_slot_trailing_a_filled_one_becomes_a_hole_after_the_wait(
     assert ring.holes == 1 and ring._next_slot == 2
 
 
+def run_filter(code: bytes, length: int, pkttype: int = 0) -> int:
+    """What a socket filter of these programs' shape keeps of a frame (0: drops it): a classic
+    BPF interpreter for skb->len, skb->pkt_type, jgt/jeq/jge #k and ret #k."""
+    insns = [struct.unpack("=HBBI", code[i:i + 8]) for i in range(0, len(code), 8)]
+    pc, acc = 0, 0
+    while True:
+        op, jt, jf, k = insns[pc]
+        if op == 0x80:                                          # ld len
+            acc, pc = length, pc + 1
+        elif op == 0x20 and k == (-0x1000 + 4) & 0xFFFFFFFF:    # ld pkttype (SKF_AD_PKTTYPE)
+            acc, pc = pkttype, pc + 1
+        elif op in (0x25, 0x15, 0x35):                          # jgt, jeq, jge #k
+            hit = acc > k if op == 0x25 else acc == k if op == 0x15 else acc >= k
+            pc = pc + 1 + (jt if hit else jf)
+        elif op == 0x06:
+            return min(k, length)
+        else:
+            raise AssertionError(f"unexpected opcode {op:#x}")
+
+
 def test_length_filters_split_at_small_max() -> None:
     small = afpacket._length_filter(1600, small=True)
     big = afpacket._length_filter(1600, small=False)
-
-    def run(code: bytes, length: int) -> int:
-        # a four-instruction classic BPF interpreter for exactly this program shape
-        insns = [struct.unpack("=HBBI", code[i:i + 8]) for i in range(0, len(code), 8)]
-        pc, acc = 0, 0
-        while True:
-            op, jt, jf, k = insns[pc]
-            if op == 0x80:
-                acc, pc = length, pc + 1
-            elif op == 0x25:
-                pc = pc + 1 + (jt if acc > k else jf)
-            elif op == 0x06:
-                return k
-            else:
-                raise AssertionError(f"unexpected opcode {op:#x}")
-
     for length, is_small in ((60, True), (1514, True), (1600, True), (1601, False), (65000, False)):
-        assert bool(run(small, length)) is is_small
-        assert bool(run(big, length)) is not is_small
+        assert run_filter(small, length) == (length if is_small else 0)
+        assert run_filter(big, length) == (0 if is_small else length)
+
+
+@pytest.mark.parametrize(("pkttype", "kept"), [(0, None), (1, None), (2, None),
+                                               (afpacket.PACKET_OTHERHOST, afpacket.MARK_OTHER_HOST),
+                                               (4, afpacket.MARK_OUTGOING), (5, afpacket.MARK_OUTGOING)])
+def test_plain_sockets_filters_mark_the_frames_not_to_forward(pkttype: int, kept: int | None) -> None:
+    """The quick socket and the big lane are read without the sender's address (no ioctl a
+    frame): a frame for another host, or one this host sent, reaches them cut to a marker length
+    no real frame has; host, broadcast and multicast frames whole.  The small lane's ring keeps
+    sll_pkttype in its slot headers and needs no marks."""
+    assert run_filter(afpacket._KEEP_ALL, 60, pkttype) == (kept or 60)
+    assert run_filter(afpacket._length_filter(1600, small=False), 64000, pkttype) == (kept or 64000)
+    assert run_filter(afpacket._length_filter(1600, small=False), 60, pkttype) == 0
+    assert run_filter(afpacket._length_filter(1600, small=True), 60, pkttype) == 60
 
 
 def test_the_reader_finds_filled_slots_beyond_a_gap_of_unfilled_ones() -> None:

@@ -4,7 +4,7 @@ Receive uses ``ETH_P_ALL`` packet sockets with ``PACKET_VNET_HDR``
 (``Documentation/networking/packet_mmap.rst``), in one of three layouts (``RingConfig.mode``):
 
 * ``auto`` (the default): the ``v3`` ring below and a *quick socket*, a plain packet
-  socket read one ``recvfrom_into`` a frame, both bound to the interface and both members of one
+  socket read one ``recv_into`` a frame, both bound to the interface and both members of one
   PACKET_FANOUT group, whose classic-BPF program picks the member that takes each frame
   (``ulvs.io.fanout.LaneGroup``; with several workers, member ``2w`` is worker ``w``'s ring and
   ``2w + 1`` its quick socket).  ``ulvs.io.lanepick.LanePick`` moves the port between them: to
@@ -164,19 +164,44 @@ class RingConfig:
     tx_slot_count: int = 4096      # 8 MiB: room for the frames still in flight
 
 
-def _length_filter(small_max: int, small: bool) -> bytes:
-    """A classic-BPF socket filter keeping frames of at most (``small``) or more than
-    ``small_max`` bytes: ld len; jgt #small_max; ret #0 / ret #0x40000."""
-    keep, drop = 0x40000, 0
-    prog = [(0x80, 0, 0, 0),                                   # A = skb->len
-            (0x25, 0, 1, small_max),                           # A > small_max ? next : skip 1
-            (0x06, 0, 0, drop if small else keep),             # long frame
-            (0x06, 0, 0, keep if small else drop)]             # short frame
+# A plain packet socket's frames are read with ``recv_into``: ``recvfrom_into`` would also
+# build the sender's address, and CPython looks up the interface's name for it with an ioctl,
+# one more system call a frame.  What the address would tell -- the frame was for another host
+# or is one this host sent (sll_pkttype) -- the socket's filter tells instead: such a frame is
+# cut to MARK_OTHER_HOST or MARK_OUTGOING bytes (no real frame is that short).
+MARK_OTHER_HOST = 1
+MARK_OUTGOING = 2
+_SKF_AD_PKTTYPE = (-0x1000 + 4) & 0xFFFFFFFF   # SKF_AD_OFF + SKF_AD_PKTTYPE: A = skb->pkt_type
+_MARK = [(0x20, 0, 0, _SKF_AD_PKTTYPE),                     # ld pkttype
+         (0x15, 0, 1, PACKET_OTHERHOST),                    # jeq #3 ? next : skip 1
+         (0x06, 0, 0, MARK_OTHER_HOST),                     # ret #1
+         (0x35, 0, 1, PACKET_OTHERHOST + 1),                # jge #4 (outgoing, loopback) ? next : skip 1
+         (0x06, 0, 0, MARK_OUTGOING)]                       # ret #2
+_KEEP = 0x40000
+
+
+def _code(prog: list[tuple[int, int, int, int]]) -> bytes:
     return b"".join(struct.pack("=HBBI", *i) for i in prog)
 
 
-_KEEP_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x40000)      # ret #0x40000: the whole frame
-_KEEP_NONE = struct.pack("=HBBI", 0x06, 0, 0, 0)           # ret #0: not this socket's
+def _length_filter(small_max: int, small: bool) -> bytes:
+    """A classic-BPF socket filter keeping frames of at most (``small``) or more than
+    ``small_max`` bytes: ld len; jgt #small_max; ret #0 / ret #0x40000.  The long frames' filter
+    (the big lane, a plain socket) marks those not to forward (``_MARK``)."""
+    if small:
+        return _code([(0x80, 0, 0, 0),                       # A = skb->len
+                      (0x25, 0, 1, small_max),               # A > small_max ? next : skip 1
+                      (0x06, 0, 0, 0),                       # long frame: not this socket's
+                      (0x06, 0, 0, _KEEP)])                  # short frame
+    return _code([(0x80, 0, 0, 0),
+                  (0x25, 1, 0, small_max),                   # A > small_max ? skip 1 : next
+                  (0x06, 0, 0, 0),                           # short frame: not this socket's
+                  *_MARK,
+                  (0x06, 0, 0, _KEEP)])
+
+
+_KEEP_ALL = _code([*_MARK, (0x06, 0, 0, _KEEP)])           # the quick socket: every frame, marked
+_KEEP_NONE = _code([(0x06, 0, 0, 0)])                      # ret #0: not this socket's
 SO_RCVBUFFORCE = 33
 
 
@@ -465,7 +490,9 @@ class PacketRing:
         it is read out first: on the ring, the quick socket's queue; on the quick socket, the
         ring's ready blocks and, when its block was still being filled at the move, that block
         once the kernel hands it over (within its 1 ms retire timeout; the read comes back for
-        it as a backlog, for at most ``RING_WAIT``).  Then ``pick`` judges the read."""
+        it as a backlog, for at most ``RING_WAIT``).  On the ring, the quick socket is read
+        only until it can get nothing more (``LaneGroup.quick_closed``).  Then ``pick`` judges
+        the read."""
         pick = self.pick
         assert pick is not None and self.quick is not None
         quick, full = 0, False
@@ -630,7 +657,7 @@ class PacketRing:
         return True
 
     def _sock_batches(self, sock: socket.socket, rounds: int) -> Generator[Batch, None, tuple[int, bool]]:
-        """A plain packet socket (the big lane, the quick socket): one ``recvfrom_into`` per
+        """A plain packet socket (the big lane, the quick socket): one ``recv_into`` per
         frame, into the buffer pool, a batch per pool, ``rounds`` batches at most.  Returns
         (frames handed over, whether every round filled the pool: more may be waiting)."""
         bufs, b = self._big_bufs, self.batch
@@ -640,15 +667,15 @@ class PacketRing:
             n = 0
             for buf in bufs:
                 try:
-                    got, addr = sock.recvfrom_into(buf)
+                    got = sock.recv_into(buf)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
                     break        # e.g. the interface went away: the daemon notices on its own
-                if got <= VNET_LEN:
-                    continue
-                if addr[2] >= PACKET_OTHERHOST:      # (ifname, proto, pkttype, hatype, addr)
-                    self._not_ours(addr[2])
+                if got <= VNET_LEN + MARK_OUTGOING:
+                    if got > VNET_LEN:               # marked by the filter (_MARK)
+                        self._not_ours(PACKET_OTHERHOST if got == VNET_LEN + MARK_OTHER_HOST
+                                       else PACKET_OTHERHOST + 1)
                     continue
                 b.bufs.append(buf)
                 b.offs.append(VNET_LEN)
