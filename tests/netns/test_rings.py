@@ -16,6 +16,7 @@ import pytest
 from ulvs.lab import Lab
 from ulvs.lab.director import director, nat_rules, stop_by_pid
 from ulvs.lab.pattern import pattern_digest
+from ulvs.packet import builder
 
 PKTGEN = Path(__file__).resolve().parents[2] / "bench" / "tools" / "pktgen.c"
 
@@ -258,18 +259,12 @@ def test_auto_moves_under_traffic_neither_double_nor_reorder_a_frame(workers: in
     assert len(seqs) >= 0.9 * total, (len(seqs), total, after)
 
 
-_FOREIGN = r"""
+_SEND_RAW = r"""
 import socket, sys
-ifname, src, dst_ip = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), sys.argv[3]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((ifname, 0))
-ip = bytes.fromhex("450000200000400040110000") + socket.inet_aton("10.77.1.10") + socket.inet_aton(dst_ip)
-total = sum(int.from_bytes(ip[i:i + 2], "big") for i in range(0, 20, 2))
-total = (total & 0xFFFF) + (total >> 16)
-ip = ip[:10] + (~total & 0xFFFF).to_bytes(2, "big") + ip[12:]   # a bridge drops a bad header sum
-udp = (4000).to_bytes(2, "big") + (5353).to_bytes(2, "big") + (12).to_bytes(2, "big") + bytes(2) + b"abcd"
-for _ in range(5):   # to a MAC nobody has: the bridge floods it, the director sees OTHERHOST
-    s.send(bytes.fromhex("020000000099") + src + b"\x08\x00" + ip + udp)
+s.bind((sys.argv[1], 0))
+for _ in range(int(sys.argv[3])):
+    s.send(bytes.fromhex(sys.argv[2]))
 """
 
 
@@ -283,8 +278,10 @@ def test_the_quick_socket_counts_frames_for_another_host_and_forwards_none() -> 
         time.sleep(0.1)                         # quiet: the next read moves the port to the quick socket
         assert lab.udp_echo("client", lab.vip, "again") != [None]
         before = d.status()["daemon"]["ports"][lab.director_if_client]
-        lab.python("client", _FOREIGN, lab.client_if, lab.mac("client", lab.client_if), lab.vip,
-                   check=True)
+        # to a MAC nobody has: the bridge floods it, the director sees PACKET_OTHERHOST
+        frame = builder.udp_frame(lab.mac("client", lab.client_if), "02:00:00:00:00:99", "10.77.1.10",
+                                  lab.vip, 4000, 5353, b"abcd")
+        lab.python("client", _SEND_RAW, lab.client_if, frame.hex(), "5", check=True)
         time.sleep(0.3)
         after = d.status()["daemon"]["ports"][lab.director_if_client]
         assert after["rx_quick_now"] == 1, after
